@@ -1,0 +1,19 @@
+//! `opsims._native`: thin PyO3 bindings over `opsims-core`. Each file converts types for
+//! one concept and releases the GIL around native work; no logic lives here.
+
+use pyo3::prelude::*;
+
+mod clock;
+mod errors;
+mod events;
+mod ptu;
+
+#[pymodule]
+fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    errors::register(m)?;
+    ptu::register(m)?;
+    clock::register(m)?;
+    events::register(m)?;
+    Ok(())
+}

@@ -1,0 +1,7 @@
+//! Everything that arrives on a detector link: PicoQuant TTTR records (`tttr`), the
+//! opsims live-link framing around them (`frame`), and recorded `.ptu` files (`ptu`).
+//! The record layouts are written down in `docs/detector-link.md`.
+
+pub mod frame;
+pub mod ptu;
+pub mod tttr;

@@ -1,0 +1,1 @@
+//! PicoQuant `.ptu` files. INTERFACE STUB — bodies to be written.
