@@ -5,11 +5,36 @@ use pyo3::create_exception;
 use pyo3::exceptions::{PyException, PyOSError};
 use pyo3::prelude::*;
 
-create_exception!(_native, OpsimsError, PyException, "Base class of every opsims native error.");
-create_exception!(_native, ConfigError, OpsimsError, "An invalid configuration value; the message names it.");
-create_exception!(_native, RecordFormatError, OpsimsError, "An unknown record type or a malformed link frame.");
-create_exception!(_native, PtuError, OpsimsError, "A PicoQuant .ptu file that cannot be read.");
-create_exception!(_native, BudgetError, OpsimsError, "The cube memory budget would be exceeded.");
+create_exception!(
+    _native,
+    OpsimsError,
+    PyException,
+    "Base class of every opsims native error."
+);
+create_exception!(
+    _native,
+    ConfigError,
+    OpsimsError,
+    "An invalid configuration value; the message names it."
+);
+create_exception!(
+    _native,
+    RecordFormatError,
+    OpsimsError,
+    "An unknown record type or a malformed link frame."
+);
+create_exception!(
+    _native,
+    PtuError,
+    OpsimsError,
+    "A PicoQuant .ptu file that cannot be read."
+);
+create_exception!(
+    _native,
+    BudgetError,
+    OpsimsError,
+    "The cube memory budget would be exceeded."
+);
 
 pub fn to_py(err: CoreError) -> PyErr {
     let msg = err.to_string();

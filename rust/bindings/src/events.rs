@@ -1,5 +1,367 @@
-use pyo3::prelude::*;
+//! `EventCore`: the detector pipeline (decode → map → bin) as a Python object.
+//! Arguments are copied into owned Rust values, then the GIL is released for the work.
 
-pub fn register(_m: &Bound<'_, PyModule>) -> PyResult<()> {
+use numpy::{
+    IntoPyArray, PyArray1, PyArray2, PyArray3, PyArrayMethods, PyReadonlyArray1,
+    PyUntypedArrayMethods,
+};
+use opsims_core::counters::Counters;
+use opsims_core::cube::BudgetPolicy;
+use opsims_core::engine::{Engine, EngineConfig};
+use opsims_core::link::tttr::RecordType;
+use opsims_core::raster::{MarkerMasks, Polarity, RasterConfig, Switching};
+use opsims_core::CoreError;
+use pyo3::exceptions::PyValueError;
+use pyo3::prelude::*;
+use pyo3::types::PyDict;
+
+use crate::errors::to_py;
+
+/// (name, channels, species, switching, settle_ticks) as Python passes a polarity.
+type PolarityArg = (String, Vec<u8>, Vec<String>, String, u64);
+
+#[pyclass(module = "opsims._native")]
+pub struct EventCore {
+    engine: Engine,
+}
+
+fn counters_dict<'py>(py: Python<'py>, c: &Counters) -> PyResult<Bound<'py, PyDict>> {
+    let d = PyDict::new(py);
+    for (name, value) in c.named() {
+        d.set_item(name, value)?;
+    }
+    Ok(d)
+}
+
+fn parse_switching(polarity: &str, s: &str) -> Result<Switching, CoreError> {
+    match s {
+        "per_frame" => Ok(Switching::PerFrame),
+        "per_pixel" => Ok(Switching::PerPixel),
+        other => Err(CoreError::Config(format!(
+            "raster.polarities.{polarity}.switching: expected 'per_frame' or 'per_pixel', got {other:?}"
+        ))),
+    }
+}
+
+impl EventCore {
+    fn species_index(&self, species: &Bound<'_, PyAny>) -> PyResult<usize> {
+        let names = self.engine.species();
+        if let Ok(i) = species.extract::<usize>() {
+            if i < names.len() {
+                return Ok(i);
+            }
+            return Err(PyValueError::new_err(format!(
+                "species index {i} out of range (0..{})",
+                names.len()
+            )));
+        }
+        let name: String = species.extract()?;
+        names.iter().position(|n| *n == name).ok_or_else(|| {
+            PyValueError::new_err(format!("unknown species {name:?}; known: {names:?}"))
+        })
+    }
+
+    fn z_range(&self, z_start: usize, z_stop: Option<usize>) -> (usize, usize) {
+        (z_start, z_stop.unwrap_or(self.engine.cubes().n_slices()))
+    }
+}
+
+#[pymethods]
+impl EventCore {
+    #[new]
+    #[pyo3(signature = (
+        record_type, tick_s, nx, ny, dwell_ticks, polarities, *,
+        line_settle_ticks = 0, flyback_ticks = 0, line_tolerance_ticks = 0,
+        frames_per_slice = 1, frame_marker = 4, line_start_marker = 1,
+        line_stop_marker = 2, mass_switch_marker = 0,
+        memory_budget_bytes = 1u64 << 30, budget_policy = "rebin", clock_window_s = 30.0,
+    ))]
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        record_type: u32,
+        tick_s: f64,
+        nx: u32,
+        ny: u32,
+        dwell_ticks: u64,
+        polarities: Vec<PolarityArg>,
+        line_settle_ticks: u64,
+        flyback_ticks: u64,
+        line_tolerance_ticks: u64,
+        frames_per_slice: u32,
+        frame_marker: u8,
+        line_start_marker: u8,
+        line_stop_marker: u8,
+        mass_switch_marker: u8,
+        memory_budget_bytes: u64,
+        budget_policy: &str,
+        clock_window_s: f64,
+    ) -> PyResult<Self> {
+        let polarities = polarities
+            .into_iter()
+            .map(|(name, channels, species, switching, settle_ticks)| {
+                Ok(Polarity {
+                    switching: parse_switching(&name, &switching)?,
+                    name,
+                    channels,
+                    species,
+                    settle_ticks,
+                })
+            })
+            .collect::<Result<Vec<_>, CoreError>>()
+            .map_err(to_py)?;
+        let budget_policy = match budget_policy {
+            "rebin" => BudgetPolicy::Rebin,
+            "refuse" => BudgetPolicy::Refuse,
+            other => {
+                return Err(to_py(CoreError::Config(format!(
+                    "cube.budget_policy: expected 'rebin' or 'refuse', got {other:?}"
+                ))))
+            }
+        };
+        let cfg = EngineConfig {
+            record_type: RecordType::from_code(record_type).map_err(to_py)?,
+            tick_s,
+            raster: RasterConfig {
+                nx,
+                ny,
+                dwell_ticks,
+                line_settle_ticks,
+                flyback_ticks,
+                line_tolerance_ticks,
+                frames_per_slice,
+                markers: MarkerMasks {
+                    frame: frame_marker,
+                    line_start: line_start_marker,
+                    line_stop: line_stop_marker,
+                    mass_switch: mass_switch_marker,
+                },
+                polarities,
+            },
+            memory_budget_bytes,
+            budget_policy,
+            clock_window_s,
+        };
+        Ok(EventCore {
+            engine: Engine::new(cfg).map_err(to_py)?,
+        })
+    }
+
+    /// Decode, map and bin raw TTTR records; returns the batch's statistics.
+    fn feed<'py>(
+        &mut self,
+        py: Python<'py>,
+        records: PyReadonlyArray1<'py, u32>,
+    ) -> PyResult<Bound<'py, PyDict>> {
+        let engine = &mut self.engine;
+        let stats = match records.as_slice() {
+            Ok(slice) => py.detach(|| engine.feed_records(slice)),
+            Err(_) => {
+                let owned = records.as_array().to_vec();
+                py.detach(|| engine.feed_records(&owned))
+            }
+        };
+        counters_dict(py, &stats)
+    }
+
+    /// Bytes from the live detector link, in any chunking, received at host time `host_ns`.
+    fn feed_link<'py>(
+        &mut self,
+        py: Python<'py>,
+        data: &[u8],
+        host_ns: i64,
+    ) -> PyResult<Bound<'py, PyDict>> {
+        let engine = &mut self.engine;
+        let stats = py.detach(|| engine.feed_link(data, host_ns));
+        counters_dict(py, &stats)
+    }
+
+    /// Close the open line at the end of a run.
+    fn finish<'py>(&mut self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let stats = self.engine.finish();
+        counters_dict(py, &stats)
+    }
+
+    fn counters<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        counters_dict(py, &self.engine.counters())
+    }
+
+    #[getter]
+    fn species(&self) -> Vec<String> {
+        self.engine.species()
+    }
+
+    #[getter]
+    fn n_slices(&self) -> usize {
+        self.engine.cubes().n_slices()
+    }
+
+    #[getter]
+    fn frames_per_slice(&self) -> u64 {
+        self.engine.frames_per_slice()
+    }
+
+    #[getter]
+    fn shape(&self) -> (usize, usize) {
+        self.engine.cubes().shape_yx()
+    }
+
+    #[getter]
+    fn allocated_bytes(&self) -> u64 {
+        self.engine.cubes().allocated_bytes()
+    }
+
+    /// A copy of slices `z_start..z_stop` of one species' cube, `uint32 [z, y, x]`.
+    #[pyo3(signature = (species, z_start = 0, z_stop = None))]
+    fn cube<'py>(
+        &self,
+        py: Python<'py>,
+        species: &Bound<'py, PyAny>,
+        z_start: usize,
+        z_stop: Option<usize>,
+    ) -> PyResult<Bound<'py, PyArray3<u32>>> {
+        let s = self.species_index(species)?;
+        let (z0, z1) = self.z_range(z_start, z_stop);
+        let (ny, nx) = self.engine.cubes().shape_yx();
+        let mut out = vec![0u32; z1.saturating_sub(z0) * ny * nx];
+        let cubes = self.engine.cubes();
+        py.detach(|| cubes.copy_range(s, z0, z1, &mut out))
+            .map_err(to_py)?;
+        out.into_pyarray(py).reshape([z1 - z0, ny, nx])
+    }
+
+    /// Counts per slice and species, `uint64 [z, species]`.
+    fn depth_profile<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyArray2<u64>>> {
+        let cubes = self.engine.cubes();
+        let flat = py.detach(|| cubes.depth_profile());
+        flat.into_pyarray(py)
+            .reshape([cubes.n_slices(), cubes.n_species()])
+    }
+
+    /// Sum of one species over slices `z_start..z_stop`, `uint64 [y, x]`.
+    #[pyo3(signature = (species, z_start = 0, z_stop = None))]
+    fn ion_map<'py>(
+        &self,
+        py: Python<'py>,
+        species: &Bound<'py, PyAny>,
+        z_start: usize,
+        z_stop: Option<usize>,
+    ) -> PyResult<Bound<'py, PyArray2<u64>>> {
+        let s = self.species_index(species)?;
+        let (z0, z1) = self.z_range(z_start, z_stop);
+        let cubes = self.engine.cubes();
+        let map = py.detach(|| cubes.ion_map(s, z0, z1)).map_err(to_py)?;
+        let (ny, nx) = cubes.shape_yx();
+        map.into_pyarray(py).reshape([ny, nx])
+    }
+
+    /// The lowest slice changed since the last call, or None.
+    fn take_dirty(&mut self) -> Option<usize> {
+        self.engine.cubes_mut().take_dirty()
+    }
+
+    /// The source's clock model: offset, drift, residual.
+    fn clock_state<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let s = self.engine.clock_state();
+        let d = PyDict::new(py);
+        d.set_item("offset_ns", s.offset_ns)?;
+        d.set_item("drift_ppm", s.drift_ppm)?;
+        d.set_item("residual_ns", s.residual_ns)?;
+        d.set_item("points", s.points)?;
+        d.set_item("fitted", s.fitted)?;
+        Ok(d)
+    }
+
+    /// Host ns of device ticks per the clock model (-1 where no model exists yet).
+    fn to_host_ns<'py>(
+        &self,
+        py: Python<'py>,
+        ticks: PyReadonlyArray1<'py, u64>,
+    ) -> Bound<'py, PyArray1<i64>> {
+        let clock = self.engine.clock();
+        let out: Vec<i64> = ticks
+            .as_array()
+            .iter()
+            .map(|&t| clock.to_host_ns(t).unwrap_or(-1))
+            .collect();
+        out.into_pyarray(py)
+    }
+
+    /// The link's loss intervals (most recent 1024).
+    fn loss_intervals(&self) -> Vec<(u64, u64, u64, u64)> {
+        self.engine
+            .loss_intervals()
+            .map(|l| {
+                (
+                    l.first_lost,
+                    l.resumed_at,
+                    l.last_tick_before,
+                    l.resume_base,
+                )
+            })
+            .collect()
+    }
+
+    #[getter]
+    fn last_link_error(&self) -> Option<String> {
+        self.engine.last_link_error().map(str::to_owned)
+    }
+
+    fn __repr__(&self) -> String {
+        let (ny, nx) = self.engine.cubes().shape_yx();
+        format!(
+            "EventCore({:?}, {ny}x{nx}, species={:?}, slices={})",
+            self.engine.config().record_type,
+            self.engine.species(),
+            self.engine.cubes().n_slices()
+        )
+    }
+}
+
+/// Encode one live-link frame (for simulators and tests of the link).
+#[pyfunction]
+#[pyo3(signature = (sequence, record_type, records, *, tick_fs, fine_fs = 0, overflow_base = 0,
+    sent_tick = 0, frame_marker = 4, line_start_marker = 1, line_stop_marker = 2, mass_switch_marker = 0))]
+#[allow(clippy::too_many_arguments)]
+fn encode_link_frame<'py>(
+    py: Python<'py>,
+    sequence: u64,
+    record_type: u32,
+    records: PyReadonlyArray1<'py, u32>,
+    tick_fs: u64,
+    fine_fs: u64,
+    overflow_base: u64,
+    sent_tick: u64,
+    frame_marker: u8,
+    line_start_marker: u8,
+    line_stop_marker: u8,
+    mass_switch_marker: u8,
+) -> PyResult<Bound<'py, pyo3::types::PyBytes>> {
+    use opsims_core::link::frame::{encode, FrameHeader, MAX_RECORDS};
+    if records.len() > MAX_RECORDS as usize {
+        return Err(PyValueError::new_err(format!(
+            "at most {MAX_RECORDS} records per frame"
+        )));
+    }
+    let header = FrameHeader {
+        sequence,
+        record_type,
+        n_records: 0,
+        tick_fs,
+        fine_fs,
+        overflow_base,
+        sent_tick,
+        frame_mask: frame_marker,
+        line_start_mask: line_start_marker,
+        line_stop_mask: line_stop_marker,
+        mass_switch_mask: mass_switch_marker,
+    };
+    let owned = records.as_array().to_vec();
+    let bytes = encode(&header, &owned);
+    Ok(pyo3::types::PyBytes::new(py, &bytes))
+}
+
+pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<EventCore>()?;
+    m.add_function(wrap_pyfunction!(encode_link_frame, m)?)?;
     Ok(())
 }

@@ -35,6 +35,12 @@ impl ClockModel {
     }
     pub fn state(&self) -> ClockState {
         let _ = self.tick_s;
-        ClockState { offset_ns: 0.0, drift_ppm: 0.0, residual_ns: 0.0, points: 0, fitted: false }
+        ClockState {
+            offset_ns: 0.0,
+            drift_ppm: 0.0,
+            residual_ns: 0.0,
+            points: 0,
+            fitted: false,
+        }
     }
 }

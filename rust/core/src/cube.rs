@@ -1,1 +1,319 @@
-//! stub
+//! Voxel cubes: one u32 `[z, y, x]` cube per species, grown in chunks of slices so a
+//! long run never reallocates (and never copies) its history, inside a memory budget.
+
+use crate::error::{CoreError, Result};
+
+/// What to do when the next chunk of slices would exceed the budget.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BudgetPolicy {
+    /// Sum pairs of slices (z → z/2); the caller doubles frames per slice.
+    Rebin,
+    /// Keep the cubes as they are; events needing a new slice are rejected.
+    Refuse,
+}
+
+/// The outcome of asking for a slice.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SliceAccess {
+    Ready,
+    /// The cubes were rebinned once; the caller must halve its slice index and try again.
+    Rebinned,
+    Refused,
+}
+
+#[derive(Debug)]
+pub struct CubeSet {
+    n_species: usize,
+    ny: usize,
+    nx: usize,
+    chunk_z: usize,
+    budget_bytes: u64,
+    policy: BudgetPolicy,
+    /// `chunks[species][c]` holds slices `c*chunk_z .. (c+1)*chunk_z`.
+    chunks: Vec<Vec<Vec<u32>>>,
+    /// Slices in use: one past the highest slice that has been asked for.
+    n_slices: usize,
+    /// Lowest slice written since the last `take_dirty` (usize::MAX when clean).
+    dirty_from: usize,
+}
+
+const TARGET_CHUNK_BYTES: usize = 1 << 20;
+const MAX_CHUNK_SLICES: usize = 16;
+
+impl CubeSet {
+    pub fn new(
+        n_species: usize,
+        ny: usize,
+        nx: usize,
+        budget_bytes: u64,
+        policy: BudgetPolicy,
+    ) -> Result<Self> {
+        if n_species == 0 || ny == 0 || nx == 0 {
+            return Err(CoreError::Config(
+                "cube needs at least one species, one line and one pixel".into(),
+            ));
+        }
+        let slice_bytes = (ny * nx * 4) as u64;
+        let chunk_z = (TARGET_CHUNK_BYTES / (ny * nx * 4)).clamp(1, MAX_CHUNK_SLICES);
+        // Rebinning needs room for two chunks per species: one is never enough to halve into.
+        let minimum = slice_bytes * chunk_z as u64 * n_species as u64 * 2;
+        if budget_bytes < minimum {
+            return Err(CoreError::Config(format!(
+                "cube.memory_budget_bytes = {budget_bytes} is below the minimum {minimum} \
+                 ({n_species} species x {chunk_z} slices x {ny}x{nx} u32, twice)"
+            )));
+        }
+        Ok(CubeSet {
+            n_species,
+            ny,
+            nx,
+            chunk_z,
+            budget_bytes,
+            policy,
+            chunks: vec![Vec::new(); n_species],
+            n_slices: 0,
+            dirty_from: usize::MAX,
+        })
+    }
+
+    pub fn n_species(&self) -> usize {
+        self.n_species
+    }
+    pub fn shape_yx(&self) -> (usize, usize) {
+        (self.ny, self.nx)
+    }
+    pub fn n_slices(&self) -> usize {
+        self.n_slices
+    }
+    pub fn allocated_bytes(&self) -> u64 {
+        self.chunks.iter().map(|c| c.len() as u64).sum::<u64>() * self.chunk_bytes()
+    }
+    pub fn budget_bytes(&self) -> u64 {
+        self.budget_bytes
+    }
+
+    fn slice_len(&self) -> usize {
+        self.ny * self.nx
+    }
+    fn chunk_bytes(&self) -> u64 {
+        (self.slice_len() * self.chunk_z * 4) as u64
+    }
+
+    /// Make slice `z` exist for every species.
+    pub fn ensure_slice(&mut self, z: usize) -> SliceAccess {
+        let needed_chunks = z / self.chunk_z + 1;
+        let have = self.chunks[0].len();
+        if needed_chunks > have {
+            let extra = (needed_chunks - have) as u64 * self.chunk_bytes() * self.n_species as u64;
+            if self.allocated_bytes() + extra > self.budget_bytes || !self.grow(needed_chunks) {
+                return match self.policy {
+                    BudgetPolicy::Refuse => SliceAccess::Refused,
+                    BudgetPolicy::Rebin => {
+                        self.rebin();
+                        SliceAccess::Rebinned
+                    }
+                };
+            }
+        }
+        self.n_slices = self.n_slices.max(z + 1);
+        SliceAccess::Ready
+    }
+
+    /// Allocate chunks without aborting the process when memory is short.
+    fn grow(&mut self, needed_chunks: usize) -> bool {
+        let len = self.slice_len() * self.chunk_z;
+        for species in self.chunks.iter_mut() {
+            while species.len() < needed_chunks {
+                let mut chunk: Vec<u32> = Vec::new();
+                if chunk.try_reserve_exact(len).is_err() {
+                    return false;
+                }
+                chunk.resize(len, 0);
+                species.push(chunk);
+            }
+        }
+        true
+    }
+
+    /// Sum slice pairs in place: slice z' = 2z' + (2z'+1); frees the chunks no longer used.
+    fn rebin(&mut self) {
+        let slice = self.slice_len();
+        let cz = self.chunk_z;
+        let old = self.n_slices;
+        let new = old.div_ceil(2);
+        for species in self.chunks.iter_mut() {
+            for zn in 0..new {
+                for (k, zo) in [2 * zn, 2 * zn + 1].into_iter().enumerate() {
+                    // zo >= zn always, so reading zo after writing zn never sees a sum.
+                    let src: Vec<u32> = if zo < old {
+                        species[zo / cz][(zo % cz) * slice..(zo % cz + 1) * slice].to_vec()
+                    } else {
+                        vec![0; slice]
+                    };
+                    let dst = &mut species[zn / cz][(zn % cz) * slice..(zn % cz + 1) * slice];
+                    if k == 0 {
+                        dst.copy_from_slice(&src);
+                    } else {
+                        dst.iter_mut()
+                            .zip(src)
+                            .for_each(|(d, s)| *d = d.wrapping_add(s));
+                    }
+                }
+            }
+            // Clear what lies past the new end so later slices start from zero.
+            for z in new..species.len() * cz {
+                species[z / cz][(z % cz) * slice..(z % cz + 1) * slice].fill(0);
+            }
+            species.truncate(new.div_ceil(cz).max(1));
+        }
+        self.n_slices = new;
+        self.dirty_from = 0;
+    }
+
+    /// One row `[x]` of a slice for writing. The slice must have been ensured.
+    #[inline]
+    pub fn row_mut(&mut self, species: usize, z: usize, y: usize) -> &mut [u32] {
+        let cz = self.chunk_z;
+        let start = ((z % cz) * self.ny + y) * self.nx;
+        self.dirty_from = self.dirty_from.min(z);
+        &mut self.chunks[species][z / cz][start..start + self.nx]
+    }
+
+    /// Row `y` of slice `z` of every species, for binning one line. The slice must have
+    /// been ensured.
+    pub fn line_rows(&mut self, z: usize, y: usize) -> Vec<&mut [u32]> {
+        let cz = self.chunk_z;
+        let start = ((z % cz) * self.ny + y) * self.nx;
+        let nx = self.nx;
+        self.dirty_from = self.dirty_from.min(z);
+        self.chunks
+            .iter_mut()
+            .map(|species| &mut species[z / cz][start..start + nx])
+            .collect()
+    }
+
+    fn slice(&self, species: usize, z: usize) -> &[u32] {
+        let cz = self.chunk_z;
+        let slice = self.slice_len();
+        &self.chunks[species][z / cz][(z % cz) * slice..(z % cz + 1) * slice]
+    }
+
+    fn check_range(&self, species: usize, z0: usize, z1: usize) -> Result<()> {
+        if species >= self.n_species {
+            return Err(CoreError::Config(format!(
+                "species index {species} out of range (0..{})",
+                self.n_species
+            )));
+        }
+        if z0 > z1 || z1 > self.n_slices {
+            return Err(CoreError::Config(format!(
+                "slice range {z0}..{z1} outside 0..{}",
+                self.n_slices
+            )));
+        }
+        Ok(())
+    }
+
+    /// Copy slices `z0..z1` of one species into `out` (length (z1-z0)*ny*nx).
+    pub fn copy_range(&self, species: usize, z0: usize, z1: usize, out: &mut [u32]) -> Result<()> {
+        self.check_range(species, z0, z1)?;
+        let slice = self.slice_len();
+        if out.len() != (z1 - z0) * slice {
+            return Err(CoreError::Config("output buffer has the wrong size".into()));
+        }
+        for (i, z) in (z0..z1).enumerate() {
+            out[i * slice..(i + 1) * slice].copy_from_slice(self.slice(species, z));
+        }
+        Ok(())
+    }
+
+    /// Counts per slice and species, `[z][species]` flattened, over all slices.
+    pub fn depth_profile(&self) -> Vec<u64> {
+        let mut out = vec![0u64; self.n_slices * self.n_species];
+        for z in 0..self.n_slices {
+            for s in 0..self.n_species {
+                out[z * self.n_species + s] = self.slice(s, z).iter().map(|&c| c as u64).sum();
+            }
+        }
+        out
+    }
+
+    /// Sum over slices `z0..z1` of one species: an ion map `[y, x]`.
+    pub fn ion_map(&self, species: usize, z0: usize, z1: usize) -> Result<Vec<u64>> {
+        self.check_range(species, z0, z1)?;
+        let mut out = vec![0u64; self.slice_len()];
+        for z in z0..z1 {
+            out.iter_mut()
+                .zip(self.slice(species, z))
+                .for_each(|(o, &c)| *o += c as u64);
+        }
+        Ok(out)
+    }
+
+    /// The lowest slice written since the last call (None when nothing was).
+    pub fn take_dirty(&mut self) -> Option<usize> {
+        let d = self.dirty_from;
+        self.dirty_from = usize::MAX;
+        (d != usize::MAX).then_some(d)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn filled(policy: BudgetPolicy, budget: u64) -> CubeSet {
+        CubeSet::new(2, 4, 8, budget, policy).unwrap()
+    }
+
+    #[test]
+    fn budget_below_two_chunks_is_a_config_error() {
+        assert!(matches!(
+            CubeSet::new(2, 4, 8, 100, BudgetPolicy::Refuse),
+            Err(CoreError::Config(_))
+        ));
+    }
+
+    #[test]
+    fn refuse_stops_growth_at_the_budget() {
+        let one_chunk = 4 * 8 * 4 * MAX_CHUNK_SLICES as u64;
+        let mut c = filled(BudgetPolicy::Refuse, one_chunk * 2 * 2);
+        assert_eq!(c.ensure_slice(2 * MAX_CHUNK_SLICES - 1), SliceAccess::Ready);
+        assert_eq!(c.ensure_slice(2 * MAX_CHUNK_SLICES), SliceAccess::Refused);
+        assert!(c.allocated_bytes() <= c.budget_bytes());
+    }
+
+    #[test]
+    fn rebin_sums_pairs_and_keeps_every_count() {
+        let one_chunk = 4 * 8 * 4 * MAX_CHUNK_SLICES as u64;
+        let mut c = filled(BudgetPolicy::Rebin, one_chunk * 2 * 2);
+        let n = 2 * MAX_CHUNK_SLICES;
+        for z in 0..n {
+            assert_eq!(c.ensure_slice(z), SliceAccess::Ready);
+            c.row_mut(1, z, 3)[5] = z as u32 + 1;
+        }
+        let total: u64 = c.depth_profile().iter().sum();
+        assert_eq!(c.ensure_slice(n), SliceAccess::Rebinned);
+        assert_eq!(c.n_slices(), n / 2);
+        assert_eq!(c.depth_profile().iter().sum::<u64>(), total);
+        let mut out = vec![0u32; 4 * 8];
+        c.copy_range(1, 3, 4, &mut out).unwrap();
+        assert_eq!(out[3 * 8 + 5], 7 + 8);
+        assert_eq!(c.ensure_slice(n / 2), SliceAccess::Ready);
+        c.copy_range(1, n / 2, n / 2 + 1, &mut out).unwrap();
+        assert!(
+            out.iter().all(|&v| v == 0),
+            "slices past the rebinned end start empty"
+        );
+    }
+
+    #[test]
+    fn ranges_are_checked() {
+        let mut c = filled(BudgetPolicy::Refuse, 1 << 24);
+        c.ensure_slice(1);
+        let mut out = vec![0u32; 32];
+        assert!(c.copy_range(0, 1, 3, &mut out).is_err());
+        assert!(c.copy_range(2, 0, 1, &mut out).is_err());
+        assert!(c.ion_map(0, 0, 2).is_ok());
+    }
+}

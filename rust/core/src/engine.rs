@@ -1,1 +1,251 @@
-//! stub
+//! The detector pipeline of one source: link frames → records → ticks → voxels, with
+//! the counters that account for every record and the clock model of the source.
+
+use std::collections::VecDeque;
+
+use crate::clock::{ClockModel, ClockState};
+use crate::counters::Counters;
+use crate::cube::{BudgetPolicy, CubeSet};
+use crate::error::{CoreError, Result};
+use crate::link::frame::{Assembler, FrameHeader, Item};
+use crate::link::tttr::{Decoder, RecordSink, RecordType};
+use crate::raster::{Raster, RasterConfig};
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct EngineConfig {
+    pub record_type: RecordType,
+    /// Seconds per device tick (T2: time tag unit; T3: sync period).
+    pub tick_s: f64,
+    pub raster: RasterConfig,
+    pub memory_budget_bytes: u64,
+    pub budget_policy: BudgetPolicy,
+    pub clock_window_s: f64,
+}
+
+/// A stretch of the live link whose records never arrived.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LossInterval {
+    /// Sequence numbers `first_lost .. resumed_at` are missing (empty when the sender
+    /// restarted its numbering).
+    pub first_lost: u64,
+    pub resumed_at: u64,
+    /// Last tick seen before the loss and the overflow base the link resumed with.
+    pub last_tick_before: u64,
+    pub resume_base: u64,
+}
+
+const LOSS_HISTORY: usize = 1024;
+
+struct Sink<'a> {
+    raster: &'a mut Raster,
+    cubes: &'a mut CubeSet,
+    counters: &'a mut Counters,
+}
+
+impl RecordSink for Sink<'_> {
+    #[inline(always)]
+    fn event(&mut self, tick: u64, channel: u8, _dtime: u16) {
+        self.raster.event(tick, channel, self.counters);
+    }
+    fn marker(&mut self, tick: u64, mask: u8) {
+        self.raster.marker(tick, mask, self.cubes, self.counters);
+    }
+    fn sync(&mut self, _tick: u64) {
+        self.counters.syncs += 1;
+    }
+    fn overflow(&mut self, count: u64) {
+        self.counters.overflow_records += 1;
+        self.counters.wraps += count;
+    }
+    fn malformed(&mut self, _record: u32) {
+        self.counters.malformed += 1;
+    }
+}
+
+pub struct Engine {
+    cfg: EngineConfig,
+    decoder: Decoder,
+    raster: Raster,
+    cubes: CubeSet,
+    counters: Counters,
+    clock: ClockModel,
+    assembler: Assembler,
+    next_sequence: Option<u64>,
+    losses: VecDeque<LossInterval>,
+    last_link_error: Option<String>,
+}
+
+impl Engine {
+    pub fn new(cfg: EngineConfig) -> Result<Self> {
+        if !(cfg.tick_s.is_finite() && cfg.tick_s > 0.0) {
+            return Err(CoreError::Config(format!(
+                "tick_s must be a positive number, got {}",
+                cfg.tick_s
+            )));
+        }
+        let raster = Raster::new(cfg.raster.clone())?;
+        let cubes = CubeSet::new(
+            raster.n_species(),
+            cfg.raster.ny as usize,
+            cfg.raster.nx as usize,
+            cfg.memory_budget_bytes,
+            cfg.budget_policy,
+        )?;
+        Ok(Engine {
+            decoder: Decoder::new(cfg.record_type),
+            clock: ClockModel::new(cfg.tick_s, cfg.clock_window_s)?,
+            raster,
+            cubes,
+            counters: Counters::default(),
+            assembler: Assembler::new(),
+            next_sequence: None,
+            losses: VecDeque::new(),
+            last_link_error: None,
+            cfg,
+        })
+    }
+
+    pub fn config(&self) -> &EngineConfig {
+        &self.cfg
+    }
+    pub fn counters(&self) -> Counters {
+        self.counters
+    }
+    pub fn cubes(&self) -> &CubeSet {
+        &self.cubes
+    }
+    pub fn cubes_mut(&mut self) -> &mut CubeSet {
+        &mut self.cubes
+    }
+    pub fn frames_per_slice(&self) -> u64 {
+        self.raster.frames_per_slice()
+    }
+    pub fn species(&self) -> Vec<String> {
+        self.cfg.raster.species_names()
+    }
+    pub fn clock(&self) -> &ClockModel {
+        &self.clock
+    }
+    pub fn clock_state(&self) -> ClockState {
+        self.clock.state()
+    }
+    pub fn loss_intervals(&self) -> impl Iterator<Item = &LossInterval> {
+        self.losses.iter()
+    }
+    pub fn last_link_error(&self) -> Option<&str> {
+        self.last_link_error.as_deref()
+    }
+
+    /// Decode, map and bin a batch of raw records; returns the batch's statistics.
+    pub fn feed_records(&mut self, records: &[u32]) -> Counters {
+        let before = self.counters;
+        self.decode(records);
+        self.counters.since(&before)
+    }
+
+    fn decode(&mut self, records: &[u32]) {
+        self.counters.records += records.len() as u64;
+        let mut sink = Sink {
+            raster: &mut self.raster,
+            cubes: &mut self.cubes,
+            counters: &mut self.counters,
+        };
+        self.decoder.feed(records, &mut sink);
+        self.counters.rebins = self.rebins();
+    }
+
+    fn rebins(&self) -> u64 {
+        (self.raster.frames_per_slice() / self.cfg.raster.frames_per_slice as u64).trailing_zeros()
+            as u64
+    }
+
+    /// Bytes from the live link (any chunking), received at `host_ns`.
+    pub fn feed_link(&mut self, bytes: &[u8], host_ns: i64) -> Counters {
+        let before = self.counters;
+        self.assembler.push(bytes);
+        while let Some(item) = self.assembler.next_item() {
+            match item {
+                Item::Corrupt(_) => {
+                    // Its sequence number cannot be trusted: the next good frame shows the gap.
+                    self.counters.link_frames_corrupt += 1;
+                }
+                Item::Frame(h) => self.accept_frame(h, host_ns),
+            }
+        }
+        self.counters.link_bytes_skipped = self.assembler.bytes_skipped;
+        self.counters.since(&before)
+    }
+
+    fn accept_frame(&mut self, h: FrameHeader, host_ns: i64) {
+        if let Some(expected) = self.next_sequence {
+            if h.sequence != expected {
+                self.counters.link_loss_intervals += 1;
+                self.counters.link_frames_lost += h.sequence.saturating_sub(expected);
+                if self.losses.len() == LOSS_HISTORY {
+                    self.losses.pop_front();
+                }
+                self.losses.push_back(LossInterval {
+                    first_lost: expected,
+                    resumed_at: h.sequence,
+                    last_tick_before: self.raster.last_tick(),
+                    resume_base: h.overflow_base,
+                });
+                self.raster.link_gap(&mut self.cubes, &mut self.counters);
+            }
+        }
+        self.next_sequence = Some(h.sequence.wrapping_add(1));
+        if let Err(why) = self.check_header(&h) {
+            self.counters.link_frames_rejected += 1;
+            self.last_link_error = Some(why);
+            // Its records are lost to us: whatever line was open cannot be trusted.
+            self.raster.link_gap(&mut self.cubes, &mut self.counters);
+            return;
+        }
+        self.counters.link_frames += 1;
+        self.decoder.set_overflow_base(h.overflow_base);
+        self.clock.update(h.sent_tick, host_ns);
+        let records = std::mem::take(&mut self.assembler);
+        self.decode(records.records());
+        self.assembler = records;
+    }
+
+    /// A frame whose header disagrees with the configuration would be mis-binned.
+    fn check_header(&self, h: &FrameHeader) -> std::result::Result<(), String> {
+        let rt = RecordType::from_code(h.record_type).map_err(|e| e.to_string())?;
+        if rt != self.cfg.record_type {
+            return Err(format!(
+                "frame {}: record type {rt:?}, configured {:?}",
+                h.sequence, self.cfg.record_type
+            ));
+        }
+        let tick_fs = self.cfg.tick_s * 1e15;
+        if (h.tick_fs as f64 - tick_fs).abs() > 0.5_f64.max(tick_fs * 1e-9) {
+            return Err(format!(
+                "frame {}: tick {} fs, configured {tick_fs:.0} fs",
+                h.sequence, h.tick_fs
+            ));
+        }
+        let m = self.cfg.raster.markers;
+        let got = [
+            h.frame_mask,
+            h.line_start_mask,
+            h.line_stop_mask,
+            h.mass_switch_mask,
+        ];
+        if got != [m.frame, m.line_start, m.line_stop, m.mass_switch] {
+            return Err(format!(
+                "frame {}: marker masks {got:?} differ from the configuration",
+                h.sequence
+            ));
+        }
+        Ok(())
+    }
+
+    /// End of run: close the open line so every event is binned or rejected.
+    pub fn finish(&mut self) -> Counters {
+        let before = self.counters;
+        self.raster.finish(&mut self.cubes, &mut self.counters);
+        self.counters.rebins = self.rebins();
+        self.counters.since(&before)
+    }
+}
