@@ -108,7 +108,7 @@ impl Counters {
             .zip(before.rejected.iter())
             .for_each(|(a, b)| *a -= b);
         for (a, b) in d.scalars_mut().into_iter().zip(before.scalars()) {
-            *a -= b;
+            *a = a.wrapping_sub(b);
         }
         // `pending` is a level, not a total: a batch reports the level after it.
         d.pending = self.pending;
@@ -127,7 +127,7 @@ impl Counters {
         out
     }
 
-    const NAMES: [&'static str; 25] = [
+    const NAMES: [&'static str; 24] = [
         "records",
         "events",
         "binned",
@@ -152,10 +152,9 @@ impl Counters {
         "link_frames_corrupt",
         "link_frames_rejected",
         "link_bytes_skipped",
-        "rejected_total",
     ];
 
-    fn scalars(&self) -> [u64; 25] {
+    fn scalars(&self) -> [u64; 24] {
         [
             self.records,
             self.events,
@@ -181,7 +180,6 @@ impl Counters {
             self.link_frames_corrupt,
             self.link_frames_rejected,
             self.link_bytes_skipped,
-            self.rejected_total(),
         ]
     }
 
