@@ -6,31 +6,31 @@ use pyo3::exceptions::{PyException, PyOSError};
 use pyo3::prelude::*;
 
 create_exception!(
-    _native,
+    opsims._native,
     OpsimsError,
     PyException,
     "Base class of every opsims native error."
 );
 create_exception!(
-    _native,
+    opsims._native,
     ConfigError,
     OpsimsError,
     "An invalid configuration value; the message names it."
 );
 create_exception!(
-    _native,
+    opsims._native,
     RecordFormatError,
     OpsimsError,
     "An unknown record type or a malformed link frame."
 );
 create_exception!(
-    _native,
+    opsims._native,
     PtuError,
     OpsimsError,
     "A PicoQuant .ptu file that cannot be read."
 );
 create_exception!(
-    _native,
+    opsims._native,
     BudgetError,
     OpsimsError,
     "The cube memory budget would be exceeded."

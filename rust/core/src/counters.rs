@@ -124,6 +124,7 @@ impl Counters {
                 .iter()
                 .map(|r| (r.name(), self.rejected[*r as usize])),
         );
+        out.push(("rejected_total", self.rejected_total()));
         out
     }
 

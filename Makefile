@@ -1,0 +1,46 @@
+# One task runner for people and CI. `make demo` and `make test` are the README's commands.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PYTHON ?= python3
+
+.PHONY: demo install dev format lint test test-rust bench clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+
+# A release build of the package (the native core is speed-sensitive).
+install: $(PY)
+	$(PY) -m pip install --quiet .
+
+# The package plus everything the tests, benchmarks and linters need.
+dev: $(PY)
+	$(PY) -m pip install --quiet '.[test,bench,lint]'
+
+demo: install
+	$(VENV)/bin/opsims demo
+
+format:
+	cargo fmt --all
+	$(VENV)/bin/ruff format python tests benchmarks
+	$(VENV)/bin/ruff check --fix python tests benchmarks
+
+lint: dev
+	cargo fmt --all --check
+	cargo clippy --workspace --all-targets -- -D warnings
+	$(VENV)/bin/ruff check python tests benchmarks
+	$(VENV)/bin/ruff format --check python tests benchmarks
+	$(VENV)/bin/mypy
+	$(PY) -m mypy.stubtest opsims._native
+
+test-rust:
+	cargo test --workspace --release
+
+test: dev
+	$(VENV)/bin/pytest
+
+bench: dev
+	$(VENV)/bin/pytest benchmarks --benchmark-only -p no:cacheprovider -s
+
+clean:
+	rm -rf $(VENV) target .pytest_cache .mypy_cache .ruff_cache .benchmarks

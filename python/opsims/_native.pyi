@@ -1,0 +1,119 @@
+"""Native core of opsims (Rust, through PyO3).
+
+Every call that processes data releases the GIL. Errors of the core arrive as the
+exception classes below; a malformed record never raises: it is counted.
+"""
+
+from os import PathLike
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+__version__: str
+
+class OpsimsError(Exception):
+    """Base class of every opsims native error."""
+
+class ConfigError(OpsimsError):
+    """An invalid configuration value; the message names it."""
+
+class RecordFormatError(OpsimsError):
+    """An unknown record type or a malformed link frame."""
+
+class PtuError(OpsimsError):
+    """A PicoQuant .ptu file that cannot be read."""
+
+class BudgetError(OpsimsError):
+    """The cube memory budget would be exceeded."""
+
+# --- detector pipeline (docs/raster.md, docs/detector-link.md) ---
+
+class EventCore:
+    """The detector pipeline of one source: decode → clock → raster map → voxel cubes.
+
+    ``polarities`` lists ``(name, channels, species, switching, settle_ticks)`` with
+    ``switching`` either ``"per_frame"`` or ``"per_pixel"``. Marker arguments are bit
+    masks. Raises :class:`ConfigError` for inconsistent values.
+    """
+
+    def __init__(
+        self,
+        record_type: int,
+        tick_s: float,
+        nx: int,
+        ny: int,
+        dwell_ticks: int,
+        polarities: list[tuple[str, list[int], list[str], str, int]],
+        *,
+        line_settle_ticks: int = 0,
+        flyback_ticks: int = 0,
+        line_tolerance_ticks: int = 0,
+        frames_per_slice: int = 1,
+        frame_marker: int = 4,
+        line_start_marker: int = 1,
+        line_stop_marker: int = 2,
+        mass_switch_marker: int = 0,
+        memory_budget_bytes: int = 1073741824,
+        budget_policy: str = "rebin",
+        clock_window_s: float = 30.0,
+    ) -> None: ...
+    def feed(self, records: npt.NDArray[np.uint32]) -> dict[str, int]:
+        """Decode, map and bin raw TTTR records; returns the batch's counter deltas."""
+    def feed_link(self, data: bytes, host_ns: int) -> dict[str, int]:
+        """Bytes of the live detector link in any chunking, received at ``host_ns``."""
+    def finish(self) -> dict[str, int]:
+        """Close the open line at the end of a run so every event is accounted for."""
+    def counters(self) -> dict[str, int]:
+        """Totals since creation: ``events == binned + rejected_total + pending``."""
+    @property
+    def species(self) -> list[str]: ...
+    @property
+    def n_slices(self) -> int: ...
+    @property
+    def frames_per_slice(self) -> int:
+        """Frames per depth slice now (doubles each time the cubes are rebinned)."""
+    @property
+    def shape(self) -> tuple[int, int]:
+        """``(ny, nx)`` of every slice."""
+    @property
+    def allocated_bytes(self) -> int: ...
+    def cube(
+        self, species: str | int, z_start: int = 0, z_stop: int | None = None
+    ) -> npt.NDArray[np.uint32]:
+        """A copy of slices ``z_start..z_stop`` of one species, ``[z, y, x]``."""
+    def depth_profile(self) -> npt.NDArray[np.uint64]:
+        """Counts per slice and species, ``[z, species]``."""
+    def ion_map(
+        self, species: str | int, z_start: int = 0, z_stop: int | None = None
+    ) -> npt.NDArray[np.uint64]:
+        """Sum of one species over slices ``z_start..z_stop``, ``[y, x]``."""
+    def take_dirty(self) -> int | None:
+        """The lowest slice changed since the last call, or None."""
+    def clock_state(self) -> dict[str, Any]:
+        """The source's clock model: ``offset_ns``, ``drift_ppm``, ``residual_ns``, ..."""
+    def to_host_ns(self, ticks: npt.NDArray[np.uint64]) -> npt.NDArray[np.int64]:
+        """Host ns of device ticks (-1 before the first clock pair)."""
+    def loss_intervals(self) -> list[tuple[int, int, int, int]]:
+        """``(first_lost, resumed_at, last_tick_before, resume_base)`` per link loss."""
+    @property
+    def last_link_error(self) -> str | None: ...
+
+def encode_link_frame(
+    sequence: int,
+    record_type: int,
+    records: npt.NDArray[np.uint32],
+    *,
+    tick_fs: int,
+    fine_fs: int = 0,
+    overflow_base: int = 0,
+    sent_tick: int = 0,
+    frame_marker: int = 4,
+    line_start_marker: int = 1,
+    line_stop_marker: int = 2,
+    mass_switch_marker: int = 0,
+) -> bytes:
+    """One live-link frame: the 64-byte header, CRC-32, then the records."""
+
+# --- PTU files and records ---
+# --- clock ---
