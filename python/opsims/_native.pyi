@@ -34,7 +34,9 @@ class EventCore:
 
     ``polarities`` lists ``(name, channels, species, switching, settle_ticks)`` with
     ``switching`` either ``"per_frame"`` or ``"per_pixel"``. Marker arguments are bit
-    masks. Raises :class:`ConfigError` for inconsistent values.
+    masks; ``frame_marker_at`` says whether the frame marker starts a frame (``"start"``)
+    or ends it (``"end"``, as in PicoQuant image files). Raises :class:`ConfigError` for
+    inconsistent values.
     """
 
     def __init__(
@@ -54,6 +56,7 @@ class EventCore:
         line_start_marker: int = 1,
         line_stop_marker: int = 2,
         mass_switch_marker: int = 0,
+        frame_marker_at: str = "start",
         memory_budget_bytes: int = 1073741824,
         budget_policy: str = "rebin",
         clock_window_s: float = 30.0,
@@ -115,5 +118,73 @@ def encode_link_frame(
 ) -> bytes:
     """One live-link frame: the 64-byte header, CRC-32, then the records."""
 
-# --- PTU files and records ---
+# --- PTU files and records (docs/tttr-records.md) ---
+
+class PtuFile:
+    """A PicoQuant .ptu file read into memory (see docs/tttr-records.md).
+
+    A record area shorter or longer than ``TTResult_NumberOfRecords`` says is not an
+    error: the whole records present are kept and ``warnings`` explains.
+    """
+
+    @property
+    def version(self) -> str:
+        """File format version string from the preamble, e.g. ``"1.0.00"``."""
+    @property
+    def record_type(self) -> int:
+        """``TTResultFormat_TTTRRecType`` code, e.g. ``0x00010303`` (PicoHarp T3)."""
+    @property
+    def record_type_name(self) -> str:
+        """Instrument name of the code, e.g. ``"HydraHarp V2 T3"``, or ``"unknown (0x…)"``."""
+    @property
+    def tags(self) -> dict[str, Any]:
+        """Header tags: key ``ident`` for scalar tags, ``"ident[index]"`` for indexed ones.
+
+        Values: None (Empty8), bool, int (Int8, BitSet64, Color8), float (Float8;
+        TDateTime as days since 1899-12-30), list[float], str (ANSI strings decode as
+        UTF-8 or else Latin-1; wide strings as UTF-16LE), bytes (BinaryBlob).
+        """
+    @property
+    def global_resolution(self) -> float | None:
+        """Seconds per tick (``MeasDesc_GlobalResolution``): T2 time tag, T3 sync period."""
+    @property
+    def resolution(self) -> float | None:
+        """Seconds per T3 dtime bin (``MeasDesc_Resolution``)."""
+    @property
+    def image_markers(self) -> dict[str, int | None]:
+        """``line_start``, ``line_stop``, ``frame`` marker masks and ``pix_x``, ``pix_y``.
+
+        A mask is ``1 << (n - 1)`` for tag value n, comparable with decoded marker
+        masks; None where the tag is absent. Raises :class:`PtuError` if a tag is
+        invalid (marker number outside 1..4, negative size).
+        """
+    @property
+    def number_of_records(self) -> int: ...
+    @property
+    def records(self) -> npt.NDArray[np.uint32]:
+        """The raw 32-bit records (read-only)."""
+    @property
+    def warnings(self) -> list[str]:
+        """Problems tolerated in the record area (count mismatch, stray bytes)."""
+
+def read_ptu(path: str | PathLike[str]) -> PtuFile:
+    """Read a .ptu file. Raises :class:`PtuError` for a file that is not a readable
+    PTU file (bad magic, truncated or garbled header) and OSError if it cannot be read.
+    The GIL is released while reading.
+    """
+
+def decode_records(
+    record_type: int, records: npt.NDArray[np.uint32]
+) -> dict[str, npt.NDArray[Any]]:
+    """Decode raw TTTR records of ``record_type`` from a zero time base, GIL released.
+
+    Returns one entry per input record in each array:
+    ``kind`` (uint8: 0 event, 1 marker, 2 overflow, 3 T2 sync, 4 malformed),
+    ``tick`` (uint64 absolute device tick: T2 time tag, T3 sync count; for an overflow
+    the time base after it; for a malformed record the current base),
+    ``channel`` (uint8, 0-based detector channel), ``dtime`` (uint16, T3 fine time),
+    ``marker`` (uint8 marker bit mask, bit 0 = marker 1).
+    Raises :class:`RecordFormatError` for an unknown record type code.
+    """
+
 # --- clock ---

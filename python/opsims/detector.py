@@ -47,6 +47,8 @@ class MarkerBits:
     line_start: int = 0b0001
     line_stop: int = 0b0010
     mass_switch: int = 0
+    #: Whether the frame marker starts a frame or ends it (PicoQuant image files).
+    frame_at: Literal["start", "end"] = "start"
 
 
 @dataclass(frozen=True)
@@ -104,6 +106,7 @@ class DetectorConfig:
                 mass_switch=_bit(
                     markers.get("mass_switch", int, 0), f"{path}.raster.markers.mass_switch"
                 ),
+                frame_at=markers.get("frame_at", str, "start"),
             ),
             memory_budget_bytes=cube.get("memory_budget_bytes", int, 1 << 30),
             budget_policy=cube.get("budget_policy", str, "rebin"),
@@ -134,6 +137,7 @@ class DetectorConfig:
             line_start_marker=m.line_start,
             line_stop_marker=m.line_stop,
             mass_switch_marker=m.mass_switch,
+            frame_marker_at=m.frame_at,
             memory_budget_bytes=self.memory_budget_bytes,
             budget_policy=self.budget_policy,
             clock_window_s=self.clock_window_s,

@@ -9,7 +9,7 @@ use opsims_core::counters::Counters;
 use opsims_core::cube::BudgetPolicy;
 use opsims_core::engine::{Engine, EngineConfig};
 use opsims_core::link::tttr::RecordType;
-use opsims_core::raster::{MarkerMasks, Polarity, RasterConfig, Switching};
+use opsims_core::raster::{FrameMarkerAt, MarkerMasks, Polarity, RasterConfig, Switching};
 use opsims_core::CoreError;
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
@@ -73,7 +73,7 @@ impl EventCore {
         record_type, tick_s, nx, ny, dwell_ticks, polarities, *,
         line_settle_ticks = 0, flyback_ticks = 0, line_tolerance_ticks = 0,
         frames_per_slice = 1, frame_marker = 4, line_start_marker = 1,
-        line_stop_marker = 2, mass_switch_marker = 0,
+        line_stop_marker = 2, mass_switch_marker = 0, frame_marker_at = "start",
         memory_budget_bytes = 1u64 << 30, budget_policy = "rebin", clock_window_s = 30.0,
     ))]
     #[allow(clippy::too_many_arguments)]
@@ -92,6 +92,7 @@ impl EventCore {
         line_start_marker: u8,
         line_stop_marker: u8,
         mass_switch_marker: u8,
+        frame_marker_at: &str,
         memory_budget_bytes: u64,
         budget_policy: &str,
         clock_window_s: f64,
@@ -134,6 +135,15 @@ impl EventCore {
                     line_start: line_start_marker,
                     line_stop: line_stop_marker,
                     mass_switch: mass_switch_marker,
+                },
+                frame_marker_at: match frame_marker_at {
+                    "start" => FrameMarkerAt::Start,
+                    "end" => FrameMarkerAt::End,
+                    other => {
+                        return Err(to_py(CoreError::Config(format!(
+                            "raster.markers.frame_at: expected 'start' or 'end', got {other:?}"
+                        ))))
+                    }
                 },
                 polarities,
             },

@@ -35,6 +35,15 @@ pub struct MarkerMasks {
     pub mass_switch: u8,
 }
 
+/// Where the frame marker stands in the raster. Instruments differ: some mark the start
+/// of each frame, others (PicoQuant image files among them) the end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum FrameMarkerAt {
+    #[default]
+    Start,
+    End,
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct RasterConfig {
     pub nx: u32,
@@ -46,6 +55,7 @@ pub struct RasterConfig {
     pub line_tolerance_ticks: u64,
     pub frames_per_slice: u32,
     pub markers: MarkerMasks,
+    pub frame_marker_at: FrameMarkerAt,
     pub polarities: Vec<Polarity>,
 }
 
@@ -193,13 +203,15 @@ impl Raster {
             species_base.push(base);
             base += p.species.len();
         }
+        let first_frame = (cfg.frame_marker_at == FrameMarkerAt::End).then_some(0);
         Ok(Raster {
             frames_per_slice: cfg.frames_per_slice as u64,
             cfg,
             polarity_of,
             species_base,
             last_tick: 0,
-            frame: None,
+            // With end markers, the first frame is under way before any marker arrives.
+            frame: first_frame,
             frame_start: 0,
             lines_in_frame: 0,
             line: None,
@@ -467,6 +479,7 @@ mod tests {
                 line_stop: if stops { STOP } else { 0 },
                 mass_switch: 0,
             },
+            frame_marker_at: FrameMarkerAt::Start,
             polarities: vec![
                 Polarity {
                     name: "positive".into(),
@@ -738,5 +751,25 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("line_stop"));
+    }
+
+    #[test]
+    fn end_markers_close_frames_instead_of_opening_them() {
+        let mut cfg = config(Switching::PerFrame, 0, true);
+        cfg.frame_marker_at = FrameMarkerAt::End;
+        let mut r = Run::new(cfg, 1 << 20, BudgetPolicy::Refuse);
+        r.e(5, 0); // frame 0 is under way, but no line yet
+        for (f, t0) in [(0u64, 10u64), (1, 200)] {
+            for y in 0..2 {
+                r.m(t0 + 60 * y, START);
+                r.e(t0 + 60 * y + 5, 0);
+                r.m(t0 + 60 * y + 53, STOP);
+            }
+            r.m(t0 + 150, FRAME);
+            assert_eq!(r.voxel(f as usize, f as usize, 1, 0), 1);
+        }
+        assert_eq!(r.rejected(Reject::BeforeFirstLine), 1);
+        assert_eq!(r.c.frames_bad_line_count, 0);
+        assert_eq!(r.cubes.n_slices(), 2);
     }
 }
