@@ -151,12 +151,14 @@ impl Engine {
             counters: &mut self.counters,
         };
         self.decoder.feed(records, &mut sink);
-        self.counters.rebins = self.rebins();
+        self.sync_levels();
     }
 
-    fn rebins(&self) -> u64 {
-        (self.raster.frames_per_slice() / self.cfg.raster.frames_per_slice as u64).trailing_zeros()
-            as u64
+    /// Counters that are levels of the raster's state rather than running totals.
+    fn sync_levels(&mut self) {
+        self.counters.pending = self.raster.pending();
+        let growth = self.raster.frames_per_slice() / self.cfg.raster.frames_per_slice as u64;
+        self.counters.rebins = u64::from(growth.trailing_zeros());
     }
 
     /// Bytes from the live link (any chunking), received at `host_ns`.
@@ -173,6 +175,7 @@ impl Engine {
             }
         }
         self.counters.link_bytes_skipped = self.assembler.bytes_skipped;
+        self.sync_levels();
         self.counters.since(&before)
     }
 
@@ -245,7 +248,7 @@ impl Engine {
     pub fn finish(&mut self) -> Counters {
         let before = self.counters;
         self.raster.finish(&mut self.cubes, &mut self.counters);
-        self.counters.rebins = self.rebins();
+        self.sync_levels();
         self.counters.since(&before)
     }
 }

@@ -2,6 +2,7 @@
 //! opsims live-link framing around them (`frame`), and recorded `.ptu` files (`ptu`).
 //! The record layouts are written down in `docs/detector-link.md`.
 
+pub mod encode;
 pub mod frame;
 pub mod ptu;
 pub mod tttr;
