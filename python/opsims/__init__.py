@@ -2,18 +2,23 @@
 
 from opsims._native import (
     BudgetError,
+    ClockModel,
     ConfigError,
     EventCore,
     OpsimsError,
     PtuError,
+    PtuFile,
     RecordFormatError,
     __version__,
+    decode_records,
     encode_link_frame,
+    read_ptu,
 )
 from opsims.detector import DetectorConfig, MarkerBits, Polarity
 
 __all__ = [
     "BudgetError",
+    "ClockModel",
     "ConfigError",
     "DetectorConfig",
     "EventCore",
@@ -21,7 +26,10 @@ __all__ = [
     "OpsimsError",
     "Polarity",
     "PtuError",
+    "PtuFile",
     "RecordFormatError",
     "__version__",
+    "decode_records",
     "encode_link_frame",
+    "read_ptu",
 ]

@@ -188,3 +188,56 @@ def decode_records(
     """
 
 # --- clock ---
+
+class ClockModel:
+    """Device ticks → host ns for one source: ``host_ns = offset_ns + tick * tick_s * 1e9
+    * (1 + drift_ppm * 1e-6)``.
+
+    Fitted online from (device tick, host arrival ns) pairs, where arrival is never
+    earlier than the truth: the fit is the lower envelope (lower convex hull edge under
+    the window's mean device time) over the last ``window_s`` seconds, so one-sided
+    network jitter barely moves it. Memory is bounded (per-bucket minima, 512 buckets per
+    window) whatever the update rate. Until the pairs span 1 s (or half the window) only
+    the offset is fitted, at the last fitted drift (0 at first) and ``fitted`` is False.
+    A clock jump (pairs far below the line, the device counter going back more than a
+    window, or pairs far above the line for 1 s) restarts the window and counts in
+    ``jumps``. Raises :class:`ConfigError` unless ``0 < tick_s <= 1`` (≥ 1e-15) and
+    ``0 < window_s <= 1e6`` spanning at least 2 ticks.
+    """
+
+    def __init__(self, tick_s: float, window_s: float = 30.0) -> None: ...
+    def update(self, device_tick: int, host_ns: int) -> None:
+        """Add one (device tick, host arrival ns) pair."""
+    def update_many(
+        self, device_ticks: npt.NDArray[np.uint64], host_ns: npt.NDArray[np.int64]
+    ) -> None:
+        """Add pairs from two equally long arrays (ValueError otherwise); GIL released."""
+    def to_host_ns(self, device_ticks: npt.NDArray[np.uint64]) -> npt.NDArray[np.int64]:
+        """Host ns of device ticks per the current fit; RuntimeError before the first pair."""
+    def reset(self) -> None:
+        """Forget all pairs and the fitted drift (``jumps`` is kept)."""
+    def state(self) -> dict[str, Any]:
+        """``offset_ns``, ``drift_ppm``, ``residual_ns``, ``points``, ``fitted``, ``jumps``."""
+    @property
+    def offset_ns(self) -> float:
+        """Host ns at device tick 0 on the fitted line."""
+    @property
+    def drift_ppm(self) -> float:
+        """(host ns per nominal device ns - 1) * 1e6: positive when the device runs slow."""
+    @property
+    def residual_ns(self) -> float:
+        """Typical delay: median over the window's buckets of the pairs' mean height above
+        the line, ns."""
+    @property
+    def points(self) -> int:
+        """Pairs in the current window."""
+    @property
+    def fitted(self) -> bool:
+        """Whether the drift is fitted (enough spread in time) or only the offset."""
+    @property
+    def jumps(self) -> int:
+        """Clock jumps detected since creation; each restarted the window."""
+    @property
+    def tick_s(self) -> float: ...
+    @property
+    def window_s(self) -> float: ...

@@ -278,6 +278,7 @@ impl EventCore {
         d.set_item("residual_ns", s.residual_ns)?;
         d.set_item("points", s.points)?;
         d.set_item("fitted", s.fitted)?;
+        d.set_item("jumps", self.engine.clock().jumps())?;
         Ok(d)
     }
 

@@ -44,6 +44,9 @@ const BELOW_TOL_MIN_NS: f64 = 2e6;
 const ABOVE_TOL_MIN_NS: f64 = 20e6;
 /// Rate error allowed when extrapolating the line or before the drift is fitted.
 const MAX_RATE_ERROR: f64 = 1e-3;
+/// Pairs a window needs before a pair below its line counts as impossible: until then
+/// the lowest pairs seen may simply have been delayed.
+const MIN_TRUSTED_PAIRS: u64 = 16;
 /// Consecutive impossible pairs that confirm a jump (one alone may be corrupt).
 const CONFIRM_PAIRS: usize = 3;
 /// How long pairs must stay far above the line before it counts as a jump.
@@ -77,6 +80,7 @@ struct Fit {
     x_max: f64,
     fitted: bool,
     residual: f64,
+    pairs: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -284,7 +288,8 @@ impl ClockModel {
         let below = BELOW_TOL_MIN_NS.max(4.0 * fit.residual) + allow;
         let above = ABOVE_TOL_MIN_NS.max(20.0 * fit.residual) + allow;
         // A monotonic counter never goes back further than a window: it was reset.
-        if h < -below || x < fit.x_min - self.window_ns {
+        let trusted = fit.pairs >= MIN_TRUSTED_PAIRS;
+        if (trusted && h < -below) || x < fit.x_min - self.window_ns {
             Some(Suspect::Impossible)
         } else if h > above {
             Some(Suspect::Late)
@@ -466,6 +471,7 @@ impl ClockModel {
             x_max,
             fitted,
             residual,
+            pairs: self.pairs,
         });
     }
 }
@@ -775,6 +781,19 @@ mod tests {
         }
         assert_eq!(m.jumps(), 0);
         assert_eq!(m.to_host_ns(15_000_000_000), Some(15_000_001_000));
+    }
+
+    #[test]
+    fn late_first_pairs_are_not_a_jump() {
+        let mut m = ClockModel::new(1e-9, 30.0).unwrap();
+        // Connection setup: the first pairs arrive 30 ms late, then the link settles.
+        for k in 0..500u64 {
+            let tick = k * 10_000_000;
+            let delay = if k < 5 { 30_000_000 } else { 1_000 };
+            m.update(tick, tick as i64 + delay);
+        }
+        assert_eq!(m.jumps(), 0);
+        assert_eq!(m.to_host_ns(4_000_000_000), Some(4_000_001_000));
     }
 
     #[test]
