@@ -13,9 +13,16 @@ $(PY):
 install: $(PY)
 	$(PY) -m pip install --quiet .
 
-# The package plus everything the tests, benchmarks and linters need.
-dev: $(PY)
+# The package plus everything the tests, benchmarks and linters need; rebuilt only when
+# a source changed since the last install.
+SOURCES := $(shell find rust python -type f -not -path '*/__pycache__/*') Cargo.toml pyproject.toml
+STAMP := $(VENV)/.opsims-dev
+
+dev: $(STAMP)
+
+$(STAMP): $(PY) $(SOURCES)
 	$(PY) -m pip install --quiet '.[test,bench,lint]'
+	touch $@
 
 demo: install
 	$(VENV)/bin/opsims demo

@@ -28,6 +28,7 @@ needs_files = pytest.mark.skipif(
 @pytest.mark.parametrize("name", FILES)
 def test_header_matches_ptufile(name: str) -> None:
     import ptufile
+
     path = PTU_DIR / name
     ours = _native.read_ptu(path)
     with ptufile.PtuFile(path) as ref:
@@ -55,6 +56,7 @@ def test_header_matches_ptufile(name: str) -> None:
 @needs_files
 def test_hazelnut_image_markers() -> None:
     import ptufile
+
     path = PTU_DIR / "hazelnut_z1.ptu"
     ours = _native.read_ptu(path)
     assert ours.record_type_name == "PicoHarp T3"

@@ -27,6 +27,7 @@ needs_files = pytest.mark.skipif(
 
 def ptufile_records(path: Path) -> npt.NDArray[np.void]:
     import ptufile
+
     with ptufile.PtuFile(path) as f:
         out: npt.NDArray[np.void] = f.decode_records()
     return out

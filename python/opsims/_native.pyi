@@ -4,11 +4,27 @@ Every call that processes data releases the GIL. Errors of the core arrive as th
 exception classes below; a malformed record never raises: it is counted.
 """
 
+from collections.abc import Sequence
 from os import PathLike
-from typing import Any
+from typing import Any, Self, final
 
 import numpy as np
 import numpy.typing as npt
+
+__all__ = [
+    "BudgetError",
+    "ClockModel",
+    "ConfigError",
+    "EventCore",
+    "OpsimsError",
+    "PtuError",
+    "PtuFile",
+    "RecordFormatError",
+    "__version__",
+    "decode_records",
+    "encode_link_frame",
+    "read_ptu",
+]
 
 __version__: str
 
@@ -29,6 +45,7 @@ class BudgetError(OpsimsError):
 
 # --- detector pipeline (docs/raster.md, docs/detector-link.md) ---
 
+@final
 class EventCore:
     """The detector pipeline of one source: decode → clock → raster map → voxel cubes.
 
@@ -39,14 +56,14 @@ class EventCore:
     inconsistent values.
     """
 
-    def __init__(
-        self,
+    def __new__(
+        cls,
         record_type: int,
         tick_s: float,
         nx: int,
         ny: int,
         dwell_ticks: int,
-        polarities: list[tuple[str, list[int], list[str], str, int]],
+        polarities: Sequence[tuple[str, Sequence[int], Sequence[str], str, int]],
         *,
         line_settle_ticks: int = 0,
         flyback_ticks: int = 0,
@@ -57,10 +74,10 @@ class EventCore:
         line_stop_marker: int = 2,
         mass_switch_marker: int = 0,
         frame_marker_at: str = "start",
-        memory_budget_bytes: int = 1073741824,
+        memory_budget_bytes: int = ...,  # 1 GiB
         budget_policy: str = "rebin",
         clock_window_s: float = 30.0,
-    ) -> None: ...
+    ) -> Self: ...
     def feed(self, records: npt.NDArray[np.uint32]) -> dict[str, int]:
         """Decode, map and bin raw TTTR records; returns the batch's counter deltas."""
     def feed_link(self, data: bytes, host_ns: int) -> dict[str, int]:
@@ -111,15 +128,18 @@ def encode_link_frame(
     fine_fs: int = 0,
     overflow_base: int = 0,
     sent_tick: int = 0,
+    frame_markers: int = 0,
+    line_starts: int = 0,
     frame_marker: int = 4,
     line_start_marker: int = 1,
     line_stop_marker: int = 2,
     mass_switch_marker: int = 0,
 ) -> bytes:
-    """One live-link frame: the 64-byte header, CRC-32, then the records."""
+    """One live-link frame: the 80-byte header with its CRC-32, then the records."""
 
 # --- PTU files and records (docs/tttr-records.md) ---
 
+@final
 class PtuFile:
     """A PicoQuant .ptu file read into memory (see docs/tttr-records.md).
 
@@ -189,6 +209,7 @@ def decode_records(
 
 # --- clock ---
 
+@final
 class ClockModel:
     """Device ticks → host ns for one source: ``host_ns = offset_ns + tick * tick_s * 1e9
     * (1 + drift_ppm * 1e-6)``.
@@ -205,7 +226,7 @@ class ClockModel:
     ``0 < window_s <= 1e6`` spanning at least 2 ticks.
     """
 
-    def __init__(self, tick_s: float, window_s: float = 30.0) -> None: ...
+    def __new__(cls, tick_s: float, window_s: float = 30.0) -> Self: ...
     def update(self, device_tick: int, host_ns: int) -> None:
         """Add one (device tick, host arrival ns) pair."""
     def update_many(

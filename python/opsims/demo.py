@@ -109,6 +109,7 @@ def run(frames: int = 40, seed: int = 1) -> EventCore:
         frame = encode_link_frame(
             f, MULTIHARP_T3, records, tick_fs=round(SYNC_PERIOD_S * 1e15),
             overflow_base=base << 10, sent_tick=int(ticks[-1]),
+            frame_markers=f,
         )  # fmt: skip
         base = new_base
         core.feed_link(frame, time.time_ns())
@@ -126,9 +127,12 @@ def _show(core: EventCore, frame: int, elapsed: float) -> None:
     scale = max(int(na.max()), 1)
     rows = ["".join(shades[min(9, 9 * int(v) // scale)] for v in row[::2]) for row in na[::4]]
     profile = core.depth_profile()
-    print(f"\nframe {frame + 1}  slices {core.n_slices}  events {c['events']}  "
-          f"binned {c['binned']}  rejected {c['rejected_total']}  "
-          f"({c['events'] / max(elapsed, 1e-9) / 1e6:.1f} M events/s incl. generation)")  # fmt: skip
+    rate = c["events"] / max(elapsed, 1e-9) / 1e6
+    print(
+        f"\nframe {frame + 1}  slices {core.n_slices}  events {c['events']}  "
+        f"binned {c['binned']}  rejected {c['rejected_total']}  "
+        f"({rate:.1f} M events/s incl. generation)"
+    )
     print("Na+ ion map, last slices:")
     print("\n".join("  " + r for r in rows))
     na_col = core.species.index("Na+")

@@ -79,7 +79,9 @@ class DetectorConfig:
         rt = r.get("record_type", (str, int))
         if isinstance(rt, str):
             if rt not in RECORD_TYPES:
-                raise ConfigError(f"{path}.record_type: {rt!r} is not one of {sorted(RECORD_TYPES)}")
+                raise ConfigError(
+                    f"{path}.record_type: {rt!r} is not one of {sorted(RECORD_TYPES)}"
+                )
             rt = RECORD_TYPES[rt]
         raster = _Reader(r.get("raster", dict), f"{path}.raster")
         markers = _Reader(raster.get("markers", dict, {}), f"{path}.raster.markers")
@@ -101,8 +103,12 @@ class DetectorConfig:
             frames_per_slice=raster.get("frames_per_slice", int, 1),
             markers=MarkerBits(
                 frame=_bit(markers.get("frame", int, 3), f"{path}.raster.markers.frame"),
-                line_start=_bit(markers.get("line_start", int, 1), f"{path}.raster.markers.line_start"),
-                line_stop=_bit(markers.get("line_stop", int, 2), f"{path}.raster.markers.line_stop"),
+                line_start=_bit(
+                    markers.get("line_start", int, 1), f"{path}.raster.markers.line_start"
+                ),
+                line_stop=_bit(
+                    markers.get("line_stop", int, 2), f"{path}.raster.markers.line_stop"
+                ),
                 mass_switch=_bit(
                     markers.get("mass_switch", int, 0), f"{path}.raster.markers.mass_switch"
                 ),
@@ -192,7 +198,7 @@ class _Reader:
         value = self.table[key]
         kinds = kind if isinstance(kind, tuple) else (kind,)
         # bool is an int in Python; a config that says `nx = true` is a mistake.
-        if isinstance(value, bool) and bool not in kinds or not isinstance(value, kinds):
+        if (isinstance(value, bool) and bool not in kinds) or not isinstance(value, kinds):
             expected = " or ".join(k.__name__ for k in kinds)
             raise ConfigError(
                 f"{self.path}.{key}: expected {expected}, got {type(value).__name__} {value!r}"

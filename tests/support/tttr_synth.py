@@ -125,9 +125,8 @@ class RasterSpec:
         for m in masks:
             if not 0 < m <= 0xF:
                 raise ValueError(f"marker mask {m:#x} must be a non-empty 4-bit mask")
-        if (
-            self.frame_mask & self.line_start_mask
-            or (self.line_stop_mask or 0) & (self.frame_mask | self.line_start_mask)
+        if self.frame_mask & self.line_start_mask or (self.line_stop_mask or 0) & (
+            self.frame_mask | self.line_start_mask
         ):
             raise ValueError("marker masks must not share bits")
         owned: set[int] = set()
@@ -639,6 +638,8 @@ def write_ptu(
     global_resolution: float,
     resolution: float,
     tags: Mapping[str, TagValue] | Sequence[tuple[str, TagValue]] | None = None,
+    *,
+    minimal: bool = False,
 ) -> None:
     """Write a minimal valid PicoQuant .ptu file.
 
@@ -646,10 +647,16 @@ def write_ptu(
     ident, i32 index -1, u32 type, 8-byte value): TTResultFormat_TTTRRecType,
     TTResult_NumberOfRecords, MeasDesc_GlobalResolution, MeasDesc_Resolution, any extra
     ``tags`` (bool → Bool8, int → Int8, float → Float8, str → AnsiString), Header_End;
-    then the records as little-endian u32."""
+    then the records as little-endian u32. Unless ``minimal``, the (always-present in
+    real files, and required by ``ptufile``) TTResultFormat_BitsPerRecord = 32 and
+    Measurement_Mode (2 or 3, from the record type) are written after the record type."""
     rec = np.ascontiguousarray(np.asarray(records, dtype="<u4"))
     out = bytearray(b"PQTTTR\0\0" + b"1.0.00".ljust(8, b"\0"))
     out += _tag("TTResultFormat_TTTRRecType", TY_INT8, struct.pack("<q", record_type_code))
+    if not minimal:
+        out += _tag("TTResultFormat_BitsPerRecord", TY_INT8, struct.pack("<q", 32))
+        mode = (record_type_code >> 8) & 0xFF  # 2 = T2, 3 = T3
+        out += _tag("Measurement_Mode", TY_INT8, struct.pack("<q", mode))
     out += _tag("TTResult_NumberOfRecords", TY_INT8, struct.pack("<q", rec.size))
     out += _tag("MeasDesc_GlobalResolution", TY_FLOAT8, struct.pack("<d", global_resolution))
     out += _tag("MeasDesc_Resolution", TY_FLOAT8, struct.pack("<d", resolution))

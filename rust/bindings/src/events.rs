@@ -331,7 +331,7 @@ impl EventCore {
 /// Encode one live-link frame (for simulators and tests of the link).
 #[pyfunction]
 #[pyo3(signature = (sequence, record_type, records, *, tick_fs, fine_fs = 0, overflow_base = 0,
-    sent_tick = 0, frame_marker = 4, line_start_marker = 1, line_stop_marker = 2, mass_switch_marker = 0))]
+    sent_tick = 0, frame_markers = 0, line_starts = 0, frame_marker = 4, line_start_marker = 1, line_stop_marker = 2, mass_switch_marker = 0))]
 #[allow(clippy::too_many_arguments)]
 fn encode_link_frame<'py>(
     py: Python<'py>,
@@ -342,6 +342,8 @@ fn encode_link_frame<'py>(
     fine_fs: u64,
     overflow_base: u64,
     sent_tick: u64,
+    frame_markers: u64,
+    line_starts: u32,
     frame_marker: u8,
     line_start_marker: u8,
     line_stop_marker: u8,
@@ -361,6 +363,8 @@ fn encode_link_frame<'py>(
         fine_fs,
         overflow_base,
         sent_tick,
+        frame_markers,
+        line_starts,
         frame_mask: frame_marker,
         line_start_mask: line_start_marker,
         line_stop_mask: line_stop_marker,

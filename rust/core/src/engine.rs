@@ -193,7 +193,9 @@ impl Engine {
                     last_tick_before: self.raster.last_tick(),
                     resume_base: h.overflow_base,
                 });
-                self.raster.link_gap(&mut self.cubes, &mut self.counters);
+                let position = Some((h.frame_markers, h.line_starts));
+                self.raster
+                    .link_gap(position, &mut self.cubes, &mut self.counters);
             }
         }
         self.next_sequence = Some(h.sequence.wrapping_add(1));
@@ -201,7 +203,8 @@ impl Engine {
             self.counters.link_frames_rejected += 1;
             self.last_link_error = Some(why);
             // Its records are lost to us: whatever line was open cannot be trusted.
-            self.raster.link_gap(&mut self.cubes, &mut self.counters);
+            self.raster
+                .link_gap(None, &mut self.cubes, &mut self.counters);
             return;
         }
         self.counters.link_frames += 1;

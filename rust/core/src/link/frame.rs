@@ -9,7 +9,8 @@ use crate::error::{CoreError, Result};
 
 pub const MAGIC: [u8; 4] = *b"OPSD";
 pub const VERSION: u16 = 1;
-pub const HEADER_LEN: usize = 64;
+pub const HEADER_LEN: usize = 80;
+const CRC_AT: usize = HEADER_LEN - 4;
 /// A frame larger than this is treated as garbage: no front-end batches this much.
 pub const MAX_RECORDS: u32 = 1 << 22;
 
@@ -27,6 +28,10 @@ pub struct FrameHeader {
     pub overflow_base: u64,
     /// Device tick when the frame was sent: pairs with the host arrival time for the clock.
     pub sent_tick: u64,
+    /// Frame markers, and line starts since the last of them, that the sender saw before
+    /// the frame's first record: the raster position a receiver resumes from after a loss.
+    pub frame_markers: u64,
+    pub line_starts: u32,
     pub frame_mask: u8,
     pub line_start_mask: u8,
     pub line_stop_mask: u8,
@@ -57,15 +62,18 @@ impl FrameHeader {
             self.fine_fs,
             self.overflow_base,
             self.sent_tick,
+            self.frame_markers,
         ] {
             out.extend_from_slice(&v.to_le_bytes());
         }
+        out.extend_from_slice(&self.line_starts.to_le_bytes());
         out.extend_from_slice(&[
             self.frame_mask,
             self.line_start_mask,
             self.line_stop_mask,
             self.mass_switch_mask,
         ]);
+        out.extend_from_slice(&[0; 4]); // reserved
     }
 
     /// Parse the fixed header (without checking the checksum, which covers the payload).
@@ -97,10 +105,12 @@ impl FrameHeader {
             fine_fs: le_u64(b, 32),
             overflow_base: le_u64(b, 40),
             sent_tick: le_u64(b, 48),
-            frame_mask: b[56],
-            line_start_mask: b[57],
-            line_stop_mask: b[58],
-            mass_switch_mask: b[59],
+            frame_markers: le_u64(b, 56),
+            line_starts: le_u32(b, 64),
+            frame_mask: b[68],
+            line_start_mask: b[69],
+            line_stop_mask: b[70],
+            mass_switch_mask: b[71],
         };
         if h.n_records > MAX_RECORDS {
             return Err(CoreError::Frame(format!(
@@ -134,7 +144,7 @@ pub fn encode(header: &FrameHeader, records: &[u32]) -> Vec<u8> {
 
 fn checksum(frame: &[u8]) -> u32 {
     let mut h = crc32fast::Hasher::new();
-    h.update(&frame[..60]);
+    h.update(&frame[..CRC_AT]);
     h.update(&frame[HEADER_LEN..]);
     h.finalize()
 }
@@ -203,7 +213,7 @@ impl Assembler {
                 return None;
             }
             let frame = &avail[..len];
-            let stored = le_u32(frame, 60);
+            let stored = le_u32(frame, CRC_AT);
             let item = if checksum(frame) == stored {
                 self.records.clear();
                 self.records

@@ -93,6 +93,9 @@ pub struct Raster {
     line_tally: [u64; Reject::COUNT],
     /// Measured dwell: the open line's events, packed as `dt << 8 | polarity`.
     held: Vec<u64>,
+    /// After a link gap, until the next line start: events belong to a line whose start
+    /// was lost.
+    after_gap: bool,
 }
 
 impl Raster {
@@ -135,6 +138,7 @@ impl Raster {
             line_binned: 0,
             line_tally: [0; Reject::COUNT],
             held: Vec::new(),
+            after_gap: false,
             cfg,
         })
     }
@@ -172,7 +176,9 @@ impl Raster {
         }
         self.last_tick = tick;
         let Some(line) = self.line else {
-            let reason = if self.frame.is_none() {
+            let reason = if self.after_gap {
+                Reject::LinkGap
+            } else if self.frame.is_none() {
                 Reject::BeforeFirstFrame
             } else if self.lines_in_frame == 0 {
                 Reject::BeforeFirstLine
@@ -271,16 +277,37 @@ impl Raster {
         self.lines_in_frame = self.lines_in_frame.saturating_add(1);
     }
 
-    /// The link lost records: the open line cannot be trusted.
-    pub fn link_gap(&mut self, cubes: &mut CubeSet, c: &mut Counters) {
+    /// The link lost records: the open line cannot be trusted, and markers may have been
+    /// lost with them. `position` is the sender's count of frame markers, and of line
+    /// starts since the last one, before the first record after the gap.
+    pub fn link_gap(
+        &mut self,
+        position: Option<(u64, u32)>,
+        cubes: &mut CubeSet,
+        c: &mut Counters,
+    ) {
         let t = self.last_tick;
         self.close_line(t, LineEnd::Gap, cubes, c);
+        self.after_gap = true;
+        if let Some((frame_markers, line_starts)) = position {
+            self.frame = match (self.cfg.frame_marker_at, frame_markers) {
+                (FrameMarkerAt::Start, 0) => None,
+                (FrameMarkerAt::Start, n) => Some(n - 1),
+                (FrameMarkerAt::End, n) => Some(n),
+            };
+            self.lines_in_frame = line_starts;
+        }
     }
 
-    /// End of run: close the open line with the last tick seen.
+    /// End of run: close the open line with the last tick seen, and check the last frame
+    /// (a run that stops mid-frame leaves a frame short of lines).
     pub fn finish(&mut self, cubes: &mut CubeSet, c: &mut Counters) {
         let t = self.last_tick;
         self.close_line(t, LineEnd::FrameOrEnd, cubes, c);
+        if self.lines_in_frame > 0 && self.lines_in_frame != self.cfg.ny {
+            c.frames_bad_line_count += 1;
+        }
+        self.lines_in_frame = 0;
     }
 
     fn line_is_good(&self, duration: u64, end: LineEnd) -> bool {

@@ -257,8 +257,13 @@ fn link_gap_drops_the_open_line_as_link_gap() {
     r.m(0, FRAME);
     r.m(10, START);
     r.e(20, 0);
-    r.raster.link_gap(&mut r.cubes, &mut r.c);
-    assert_eq!(r.rejected(Reject::LinkGap), 1);
+    r.raster.link_gap(None, &mut r.cubes, &mut r.c);
+    r.e(25, 0); // the rest of a line whose start may be lost
+    assert_eq!(r.rejected(Reject::LinkGap), 2);
+    r.m(30, START);
+    r.e(40, 0);
+    r.m(83, STOP);
+    assert_eq!(r.c.binned, 1);
     assert!(r.balanced());
 }
 
