@@ -9,23 +9,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 from opsims import _native
-
-PTU_DIR = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "ptu"
-FILES = [
-    "hazelnut_z1.ptu",
-    "hydraharp_v10_t3.ptu",
-    "hydraharp_v20_t3.ptu",
-    "hydraharp_v20_t2.ptu",
-    "picoharp_v30_t2.ptu",
-]
-
-needs_files = pytest.mark.skipif(
-    not PTU_DIR.is_dir(), reason=f"sample .ptu files not found at {PTU_DIR}"
-)
+from support.shared_data import PTU_DIR, PTU_FILES, needs_ptu_files
 
 
-@needs_files
-@pytest.mark.parametrize("name", FILES)
+@needs_ptu_files
+@pytest.mark.parametrize("name", PTU_FILES)
 def test_header_matches_ptufile(name: str) -> None:
     import ptufile
 
@@ -53,7 +41,7 @@ def test_header_matches_ptufile(name: str) -> None:
     assert ours.record_type_name != ""
 
 
-@needs_files
+@needs_ptu_files
 def test_hazelnut_image_markers() -> None:
     import ptufile
 
@@ -75,14 +63,14 @@ def test_hazelnut_image_markers() -> None:
         assert ours.image_markers["frame"] == ref.frame_change_mask
 
 
-@needs_files
+@needs_ptu_files
 def test_records_are_read_only() -> None:
     f = _native.read_ptu(PTU_DIR / "picoharp_v30_t2.ptu")
     with pytest.raises(ValueError, match="read-only"):
         f.records[0] = 1
 
 
-@needs_files
+@needs_ptu_files
 def test_truncated_records_are_kept_with_a_warning(tmp_path: Path) -> None:
     data = (PTU_DIR / "hydraharp_v20_t2.ptu").read_bytes()
     full = _native.read_ptu(PTU_DIR / "hydraharp_v20_t2.ptu")

@@ -4,13 +4,11 @@ image reconstruction, pixel by pixel and frame by frame."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 from opsims import EventCore, _native
+from support.shared_data import PTU_DIR
 
-PTU_DIR = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "ptu"
 HAZELNUT = PTU_DIR / "hazelnut_z1.ptu"
 
 pytestmark = pytest.mark.skipif(

@@ -8,21 +8,9 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 from opsims import _native
-
-PTU_DIR = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "ptu"
-FILES = [
-    "hazelnut_z1.ptu",
-    "hydraharp_v10_t3.ptu",
-    "hydraharp_v20_t3.ptu",
-    "hydraharp_v20_t2.ptu",
-    "picoharp_v30_t2.ptu",
-]
+from support.shared_data import PTU_DIR, PTU_FILES, needs_ptu_files
 
 EVENT, MARKER, OVERFLOW, SYNC, MALFORMED = 0, 1, 2, 3, 4
-
-needs_files = pytest.mark.skipif(
-    not PTU_DIR.is_dir(), reason=f"sample .ptu files not found at {PTU_DIR}"
-)
 
 
 def ptufile_records(path: Path) -> npt.NDArray[np.void]:
@@ -33,8 +21,8 @@ def ptufile_records(path: Path) -> npt.NDArray[np.void]:
     return out
 
 
-@needs_files
-@pytest.mark.parametrize("name", FILES)
+@needs_ptu_files
+@pytest.mark.parametrize("name", PTU_FILES)
 def test_decode_matches_ptufile(name: str) -> None:
     path = PTU_DIR / name
     f = _native.read_ptu(path)
@@ -82,7 +70,7 @@ def test_decode_matches_ptufile(name: str) -> None:
         assert np.all(np.diff(timed.astype(np.int64)) >= 0)
 
 
-@needs_files
+@needs_ptu_files
 def test_hazelnut_marker_counts() -> None:
     f = _native.read_ptu(PTU_DIR / "hazelnut_z1.ptu")
     d = _native.decode_records(f.record_type, f.records)
@@ -93,7 +81,7 @@ def test_hazelnut_marker_counts() -> None:
     assert int((d["kind"] == OVERFLOW).sum()) == 2470
 
 
-@needs_files
+@needs_ptu_files
 def test_hydraharp_v2_counted_overflows() -> None:
     f = _native.read_ptu(PTU_DIR / "hydraharp_v20_t3.ptu")
     rec = f.records

@@ -113,7 +113,7 @@ class EventCore:
     def clock_state(self) -> dict[str, Any]:
         """The source's clock model: ``offset_ns``, ``drift_ppm``, ``residual_ns``, ..."""
     def to_host_ns(self, ticks: npt.NDArray[np.uint64]) -> npt.NDArray[np.int64]:
-        """Host ns of device ticks (-1 before the first clock pair)."""
+        """Host ns of device ticks per the clock model; RuntimeError before the first frame."""
     def loss_intervals(self) -> list[tuple[int, int, int, int]]:
         """``(first_lost, resumed_at, last_tick_before, resume_base)`` per link loss."""
     @property

@@ -142,6 +142,8 @@ def _show(core: EventCore, frame: int, elapsed: float) -> None:
 def main(frames: int = 40) -> int:
     core = run(frames)
     c = core.counters()
-    assert c["events"] == c["binned"] + c["rejected_total"] + c["pending"]
+    if c["events"] != c["binned"] + c["rejected_total"] + c["pending"]:
+        print(f"\nerror: counters do not balance: {c}")
+        return 1
     print(f"\ndone: {c['events']} events, {c['binned']} binned, every event accounted for.")
     return 0

@@ -102,16 +102,10 @@ class DetectorConfig:
             line_tolerance_ticks=raster.get("line_tolerance_ticks", int, 0),
             frames_per_slice=raster.get("frames_per_slice", int, 1),
             markers=MarkerBits(
-                frame=_bit(markers.get("frame", int, 3), f"{path}.raster.markers.frame"),
-                line_start=_bit(
-                    markers.get("line_start", int, 1), f"{path}.raster.markers.line_start"
-                ),
-                line_stop=_bit(
-                    markers.get("line_stop", int, 2), f"{path}.raster.markers.line_stop"
-                ),
-                mass_switch=_bit(
-                    markers.get("mass_switch", int, 0), f"{path}.raster.markers.mass_switch"
-                ),
+                frame=markers.get_marker("frame", 3),
+                line_start=markers.get_marker("line_start", 1),
+                line_stop=markers.get_marker("line_stop", 2),
+                mass_switch=markers.get_marker("mass_switch", 0),
                 frame_at=markers.get("frame_at", str, "start"),
             ),
             memory_budget_bytes=cube.get("memory_budget_bytes", int, 1 << 30),
@@ -148,13 +142,6 @@ class DetectorConfig:
             budget_policy=self.budget_policy,
             clock_window_s=self.clock_window_s,
         )
-
-
-def _bit(number: int, path: str) -> int:
-    """Config names marker inputs 1..8 as PicoQuant does; 0 means 'not used'."""
-    if not 0 <= number <= 8:
-        raise ConfigError(f"{path}: marker input {number} is outside 1..8 (0 = unused)")
-    return 0 if number == 0 else 1 << (number - 1)
 
 
 def _polarity(table: Any, path: str) -> Polarity:
@@ -206,6 +193,15 @@ class _Reader:
         if isinstance(value, int) and not isinstance(value, bool) and value < 0:
             raise ConfigError(f"{self.path}.{key}: must not be negative, got {value}")
         return value
+
+    def get_marker(self, key: str, default: int) -> int:
+        """A marker input, named 1..8 as PicoQuant does (0 = unused), as a bit mask."""
+        number: int = self.get(key, int, default)
+        if number > 8:
+            raise ConfigError(
+                f"{self.path}.{key}: marker input {number} is outside 1..8 (0 = unused)"
+            )
+        return 0 if number == 0 else 1 << (number - 1)
 
     def reject_unknown(self) -> None:
         unknown = sorted(set(self.table) - self.used)

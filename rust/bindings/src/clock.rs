@@ -11,11 +11,48 @@ use pyo3::types::PyDict;
 use crate::errors::to_py;
 
 /// The array's memory when contiguous, else a copy (numpy views are not Send).
-fn contiguous<'a, T: numpy::Element + Copy>(a: &'a PyReadonlyArray1<'_, T>) -> Cow<'a, [T]> {
+pub(crate) fn contiguous<'a, T: numpy::Element + Copy>(
+    a: &'a PyReadonlyArray1<'_, T>,
+) -> Cow<'a, [T]> {
     match a.as_slice() {
         Ok(slice) => Cow::Borrowed(slice),
         Err(_) => Cow::Owned(a.as_array().to_vec()),
     }
+}
+
+/// A clock model's state as published: offset, drift, residual, points, fitted, jumps.
+pub(crate) fn state_dict<'py>(py: Python<'py>, clock: &CoreClock) -> PyResult<Bound<'py, PyDict>> {
+    let s: ClockState = clock.state();
+    let d = PyDict::new(py);
+    d.set_item("offset_ns", s.offset_ns)?;
+    d.set_item("drift_ppm", s.drift_ppm)?;
+    d.set_item("residual_ns", s.residual_ns)?;
+    d.set_item("points", s.points)?;
+    d.set_item("fitted", s.fitted)?;
+    d.set_item("jumps", clock.jumps())?;
+    Ok(d)
+}
+
+/// Host ns of device ticks, GIL released; RuntimeError before the first pair.
+pub(crate) fn host_ns<'py>(
+    py: Python<'py>,
+    clock: &CoreClock,
+    device_ticks: &PyReadonlyArray1<'py, u64>,
+) -> PyResult<Bound<'py, PyArray1<i64>>> {
+    if clock.to_host_ns(0).is_none() {
+        return Err(PyRuntimeError::new_err(
+            "the clock model has no (device tick, host ns) pair yet",
+        ));
+    }
+    let ticks = contiguous(device_ticks);
+    // The model exists (checked above), so every tick maps.
+    let out: Vec<i64> = py.detach(|| {
+        ticks
+            .iter()
+            .map(|&tick| clock.to_host_ns(tick).unwrap_or(i64::MIN))
+            .collect()
+    });
+    Ok(out.into_pyarray(py))
 }
 
 /// Device ticks → host ns for one source (offset and drift), fitted online to the lower
@@ -65,21 +102,7 @@ impl PyClockModel {
         py: Python<'py>,
         device_ticks: PyReadonlyArray1<'py, u64>,
     ) -> PyResult<Bound<'py, PyArray1<i64>>> {
-        if self.inner.to_host_ns(0).is_none() {
-            return Err(PyRuntimeError::new_err(
-                "the clock model has no (device tick, host ns) pair yet",
-            ));
-        }
-        let ticks = contiguous(&device_ticks);
-        let inner = &self.inner;
-        // The model exists (checked above), so every tick maps.
-        let out: Vec<i64> = py.detach(|| {
-            ticks
-                .iter()
-                .map(|&tick| inner.to_host_ns(tick).unwrap_or(i64::MIN))
-                .collect()
-        });
-        Ok(out.into_pyarray(py))
+        host_ns(py, &self.inner, &device_ticks)
     }
 
     /// Forget all pairs and the fitted drift (``jumps`` is kept).
@@ -89,15 +112,7 @@ impl PyClockModel {
 
     /// ``offset_ns``, ``drift_ppm``, ``residual_ns``, ``points``, ``fitted``, ``jumps``.
     fn state<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
-        let s: ClockState = self.inner.state();
-        let d = PyDict::new(py);
-        d.set_item("offset_ns", s.offset_ns)?;
-        d.set_item("drift_ppm", s.drift_ppm)?;
-        d.set_item("residual_ns", s.residual_ns)?;
-        d.set_item("points", s.points)?;
-        d.set_item("fitted", s.fitted)?;
-        d.set_item("jumps", self.inner.jumps())?;
-        Ok(d)
+        state_dict(py, &self.inner)
     }
 
     #[getter]

@@ -15,6 +15,7 @@ use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
 
+use crate::clock;
 use crate::errors::to_py;
 
 /// (name, channels, species, switching, settle_ticks) as Python passes a polarity.
@@ -163,13 +164,8 @@ impl EventCore {
         records: PyReadonlyArray1<'py, u32>,
     ) -> PyResult<Bound<'py, PyDict>> {
         let engine = &mut self.engine;
-        let stats = match records.as_slice() {
-            Ok(slice) => py.detach(|| engine.feed_records(slice)),
-            Err(_) => {
-                let owned = records.as_array().to_vec();
-                py.detach(|| engine.feed_records(&owned))
-            }
-        };
+        let records = clock::contiguous(&records);
+        let stats = py.detach(|| engine.feed_records(&records));
         counters_dict(py, &stats)
     }
 
@@ -271,30 +267,16 @@ impl EventCore {
 
     /// The source's clock model: offset, drift, residual.
     fn clock_state<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
-        let s = self.engine.clock_state();
-        let d = PyDict::new(py);
-        d.set_item("offset_ns", s.offset_ns)?;
-        d.set_item("drift_ppm", s.drift_ppm)?;
-        d.set_item("residual_ns", s.residual_ns)?;
-        d.set_item("points", s.points)?;
-        d.set_item("fitted", s.fitted)?;
-        d.set_item("jumps", self.engine.clock().jumps())?;
-        Ok(d)
+        clock::state_dict(py, self.engine.clock())
     }
 
-    /// Host ns of device ticks per the clock model (-1 where no model exists yet).
+    /// Host ns of device ticks per the clock model; RuntimeError before the first frame.
     fn to_host_ns<'py>(
         &self,
         py: Python<'py>,
         ticks: PyReadonlyArray1<'py, u64>,
-    ) -> Bound<'py, PyArray1<i64>> {
-        let clock = self.engine.clock();
-        let out: Vec<i64> = ticks
-            .as_array()
-            .iter()
-            .map(|&t| clock.to_host_ns(t).unwrap_or(-1))
-            .collect();
-        out.into_pyarray(py)
+    ) -> PyResult<Bound<'py, PyArray1<i64>>> {
+        clock::host_ns(py, self.engine.clock(), &ticks)
     }
 
     /// The link's loss intervals (most recent 1024).
@@ -370,8 +352,7 @@ fn encode_link_frame<'py>(
         line_stop_mask: line_stop_marker,
         mass_switch_mask: mass_switch_marker,
     };
-    let owned = records.as_array().to_vec();
-    let bytes = encode(&header, &owned);
+    let bytes = encode(&header, &clock::contiguous(&records));
     Ok(pyo3::types::PyBytes::new(py, &bytes))
 }
 

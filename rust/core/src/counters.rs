@@ -52,47 +52,70 @@ impl Reject {
     }
 }
 
-/// Running totals since the engine was created. Plain integers so a batch's statistics
-/// are the difference of two snapshots.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Counters {
+/// Declares the scalar counters once: the struct fields, their published names, and
+/// the field-by-field access that batch differences need.
+macro_rules! scalar_counters {
+    ($($(#[$doc:meta])* $name:ident,)*) => {
+        /// Running totals since the engine was created. Plain integers so a batch's
+        /// statistics are the difference of two snapshots.
+        #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+        pub struct Counters {
+            $($(#[$doc])* pub $name: u64,)*
+            pub rejected: [u64; Reject::COUNT],
+        }
+
+        impl Counters {
+            const NAMES: &'static [&'static str] = &[$(stringify!($name)),*];
+
+            fn scalars(&self) -> Vec<u64> {
+                vec![$(self.$name),*]
+            }
+
+            fn scalars_mut(&mut self) -> Vec<&mut u64> {
+                vec![$(&mut self.$name),*]
+            }
+        }
+    };
+}
+
+scalar_counters! {
     /// TTTR records decoded (of every kind).
-    pub records: u64,
+    records,
     /// Detector events among them.
-    pub events: u64,
-    pub binned: u64,
-    pub rejected: [u64; Reject::COUNT],
-    /// Events held by the line still open (not yet binned or rejected).
-    pub pending: u64,
-    pub markers: u64,
-    pub frame_markers: u64,
-    pub line_starts: u64,
-    pub line_stops: u64,
-    pub mass_switches: u64,
+    events,
+    binned,
+    /// Events held by the line still open (not yet binned or rejected): a level, not a
+    /// total.
+    pending,
+    markers,
+    frame_markers,
+    line_starts,
+    line_stops,
+    mass_switches,
     /// Marker records earlier than the record before them: ignored.
-    pub markers_out_of_order: u64,
+    markers_out_of_order,
     /// Overflow records, and the wrap periods they added.
-    pub overflow_records: u64,
-    pub wraps: u64,
+    overflow_records,
+    wraps,
     /// T2 sync-input records.
-    pub syncs: u64,
+    syncs,
     /// Records with no valid layout.
-    pub malformed: u64,
-    pub lines_good: u64,
-    pub lines_bad: u64,
+    malformed,
+    lines_good,
+    lines_bad,
     /// Frames that did not have exactly `ny` lines.
-    pub frames_bad_line_count: u64,
+    frames_bad_line_count,
     /// Times the cubes were rebinned to stay inside the memory budget.
-    pub rebins: u64,
-    /// Live-link frames accepted, lost (sequence gaps), failing their checksum, or
-    /// rejected for a header that disagrees with the configuration.
-    pub link_frames: u64,
-    pub link_frames_lost: u64,
-    pub link_loss_intervals: u64,
-    pub link_frames_corrupt: u64,
-    pub link_frames_rejected: u64,
+    rebins,
+    /// Live-link frames accepted, lost (sequence gaps), failing their checksum, or rejected
+    /// for a header that disagrees with the configuration.
+    link_frames,
+    link_frames_lost,
+    link_loss_intervals,
+    link_frames_corrupt,
+    link_frames_rejected,
     /// Bytes skipped while looking for the next frame after garbage on the link.
-    pub link_bytes_skipped: u64,
+    link_bytes_skipped,
 }
 
 impl Counters {
@@ -103,10 +126,9 @@ impl Counters {
     /// `after - before`, field by field: the statistics of one batch.
     pub fn since(&self, before: &Counters) -> Counters {
         let mut d = *self;
-        d.rejected
-            .iter_mut()
-            .zip(before.rejected.iter())
-            .for_each(|(a, b)| *a -= b);
+        for (a, b) in d.rejected.iter_mut().zip(before.rejected) {
+            *a = a.wrapping_sub(b);
+        }
         for (a, b) in d.scalars_mut().into_iter().zip(before.scalars()) {
             *a = a.wrapping_sub(b);
         }
@@ -115,7 +137,7 @@ impl Counters {
         d
     }
 
-    /// Every scalar counter with its published name.
+    /// Every counter with its published name, then the total of the rejections.
     pub fn named(&self) -> Vec<(&'static str, u64)> {
         let mut out: Vec<(&'static str, u64)> =
             Self::NAMES.iter().copied().zip(self.scalars()).collect();
@@ -126,91 +148,6 @@ impl Counters {
         );
         out.push(("rejected_total", self.rejected_total()));
         out
-    }
-
-    const NAMES: [&'static str; 24] = [
-        "records",
-        "events",
-        "binned",
-        "pending",
-        "markers",
-        "frame_markers",
-        "line_starts",
-        "line_stops",
-        "mass_switches",
-        "markers_out_of_order",
-        "overflow_records",
-        "wraps",
-        "syncs",
-        "malformed",
-        "lines_good",
-        "lines_bad",
-        "frames_bad_line_count",
-        "rebins",
-        "link_frames",
-        "link_frames_lost",
-        "link_loss_intervals",
-        "link_frames_corrupt",
-        "link_frames_rejected",
-        "link_bytes_skipped",
-    ];
-
-    fn scalars(&self) -> [u64; 24] {
-        [
-            self.records,
-            self.events,
-            self.binned,
-            self.pending,
-            self.markers,
-            self.frame_markers,
-            self.line_starts,
-            self.line_stops,
-            self.mass_switches,
-            self.markers_out_of_order,
-            self.overflow_records,
-            self.wraps,
-            self.syncs,
-            self.malformed,
-            self.lines_good,
-            self.lines_bad,
-            self.frames_bad_line_count,
-            self.rebins,
-            self.link_frames,
-            self.link_frames_lost,
-            self.link_loss_intervals,
-            self.link_frames_corrupt,
-            self.link_frames_rejected,
-            self.link_bytes_skipped,
-        ]
-    }
-
-    fn scalars_mut(&mut self) -> [&mut u64; 24] {
-        [
-            &mut self.records,
-            &mut self.events,
-            &mut self.binned,
-            &mut self.pending,
-            &mut self.markers,
-            &mut self.frame_markers,
-            &mut self.line_starts,
-            &mut self.line_stops,
-            &mut self.mass_switches,
-            &mut self.markers_out_of_order,
-            &mut self.overflow_records,
-            &mut self.wraps,
-            &mut self.syncs,
-            &mut self.malformed,
-            &mut self.lines_good,
-            &mut self.lines_bad,
-            &mut self.frames_bad_line_count,
-            &mut self.rebins,
-            &mut self.link_frames,
-            &mut self.link_frames_lost,
-            &mut self.link_loss_intervals,
-            &mut self.link_frames_corrupt,
-            &mut self.link_frames_rejected,
-            &mut self.link_bytes_skipped,
-        ]
     }
 }
 

@@ -170,15 +170,6 @@ impl CubeSet {
         self.dirty_from = 0;
     }
 
-    /// One row `[x]` of a slice for writing. The slice must have been ensured.
-    #[inline]
-    pub fn row_mut(&mut self, species: usize, z: usize, y: usize) -> &mut [u32] {
-        let cz = self.chunk_z;
-        let start = ((z % cz) * self.ny + y) * self.nx;
-        self.dirty_from = self.dirty_from.min(z);
-        &mut self.chunks[species][z / cz][start..start + self.nx]
-    }
-
     /// Row `y` of slice `z` of every species, for binning one line. The slice must have
     /// been ensured.
     pub fn line_rows(&mut self, z: usize, y: usize) -> Vec<&mut [u32]> {
@@ -290,7 +281,7 @@ mod tests {
         let n = 2 * MAX_CHUNK_SLICES;
         for z in 0..n {
             assert_eq!(c.ensure_slice(z), SliceAccess::Ready);
-            c.row_mut(1, z, 3)[5] = z as u32 + 1;
+            c.line_rows(z, 3)[1][5] = z as u32 + 1;
         }
         let total: u64 = c.depth_profile().iter().sum();
         assert_eq!(c.ensure_slice(n), SliceAccess::Rebinned);
