@@ -107,10 +107,13 @@ def assert_balanced(c: dict[str, int]) -> None:
     assert c["events"] == c["binned"] + c["rejected_total"] + c["pending"]
 
 
-def link_frames(spec: RasterSpec, records: U32, n: int, skip: int | None = None) -> list[bytes]:
+def link_frames(
+    spec: RasterSpec, records: U32, n: int, skip: int | None = None, mislabel: int | None = None
+) -> list[bytes]:
     """Split a generic-T3 stream into live-link frames whose headers carry what a sender
     tracks: the overflow base and the raster position (frame markers, and line starts
-    since the last) before each frame's first record."""
+    since the last) before each frame's first record. Frame `skip` is left out; frame
+    `mislabel` claims the wrong record type."""
     out = []
     base = frames = lines = 0
     for seq, part in enumerate(np.array_split(records, n)):
@@ -118,7 +121,7 @@ def link_frames(spec: RasterSpec, records: U32, n: int, skip: int | None = None)
             out.append(
                 encode_link_frame(
                     seq,
-                    REC_MULTIHARP_T3,
+                    REC_PICOHARP_T3 if seq == mislabel else REC_MULTIHARP_T3,
                     part,
                     tick_fs=1_000_000,
                     overflow_base=base,
@@ -241,18 +244,30 @@ def test_the_live_link_in_random_byte_chunks_equals_direct_feeding() -> None:
     c = core.counters()
     assert c["link_frames"] == 13 and c["link_bytes_skipped"] == 0
     np.testing.assert_array_equal(core_cube(core, SPEC.n_slices), truth)
+    # Each frame gave the clock one (sent tick, arrival) pair.
+    assert core.clock_state()["points"] == 13
+    assert core.to_host_ns(np.array([0], np.uint64)).shape == (1,)
 
 
 @pytest.mark.parametrize("lost", [1, 4, 7])
-def test_a_lost_frame_is_a_loss_interval_and_nothing_is_misbinned(lost: int) -> None:
+@pytest.mark.parametrize("how", ["lost", "mislabelled"])
+def test_a_lost_frame_is_a_loss_interval_and_nothing_is_misbinned(lost: int, how: str) -> None:
     records, truth, _ = stream(SPEC, 20_000, 8)
     core = make_core(SPEC, REC_MULTIHARP_T3)
-    for frame in link_frames(SPEC, records, 10, skip=lost):
+    frames = (
+        link_frames(SPEC, records, 10, skip=lost)
+        if how == "lost"
+        else link_frames(SPEC, records, 10, mislabel=lost)
+    )
+    for frame in frames:
         core.feed_link(frame, 1_000)
     core.finish()
     c = core.counters()
-    assert c["link_loss_intervals"] == 1 and c["link_frames_lost"] == 1
-    assert core.loss_intervals()[0][:2] == (lost, lost + 1)
+    if how == "lost":
+        assert c["link_loss_intervals"] == 1 and c["link_frames_lost"] == 1
+        assert core.loss_intervals()[0][:2] == (lost, lost + 1)
+    else:
+        assert c["link_frames_rejected"] == 1 and c["link_loss_intervals"] == 0
     diff = truth.astype(np.int64) - core_cube(core, SPEC.n_slices)
     assert diff.min() == 0, "nothing may be binned that the truth does not have"
     assert 0 < c["binned"] < int(truth.sum())

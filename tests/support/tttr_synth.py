@@ -246,8 +246,9 @@ def random_events(
     (the default 4 keeps every channel encodable as PicoHarp T3).
 
     Without line-stop markers the last line of the run is closed by the end of the run,
-    whose validity depends on the last record's tick; so that :func:`ground_truth` is
-    unambiguous the latest event is then moved to the end of the span."""
+    whose validity depends on the last accepted record's tick; so that
+    :func:`ground_truth` is unambiguous the latest event is then moved to the end of the
+    span and given an owned channel."""
     lo, hi = spec.time_span()
     ticks = np.sort(rng.integers(lo, hi, size=n, dtype=np.int64))
     if n and spec.line_stop_mask is None:
@@ -261,6 +262,8 @@ def random_events(
         if unknown.size == 0:
             raise ValueError("no unowned channel below channel_limit")
         is_unknown = rng.random(n) < unknown_channel_fraction
+        if spec.line_stop_mask is None:
+            is_unknown[-1] = False
         ch[is_unknown] = unknown[rng.integers(0, unknown.size, size=int(is_unknown.sum()))]
     return ticks, ch
 
@@ -302,7 +305,10 @@ def ground_truth(
         + (spec.lines_per_frame - 1) * spec.line_period
     )
     if spec.line_stop_mask is None:
-        end_of_run = max(int(t[-1]), mx_marker)
+        # The run ends at the last accepted record: events on unknown channels do not
+        # move time forward (a corrupted record often looks like one).
+        owned_ticks = t[np.isin(ch, spec.owned_channels)]
+        end_of_run = max(int(owned_ticks[-1]) if owned_ticks.size else 0, mx_marker)
         if end_of_run - mx_marker < spec.line_ticks - spec.line_tolerance_ticks:
             raise ValueError("last line closed by end of run too early: ambiguous (bad_line)")
 

@@ -42,6 +42,13 @@ struct Sink<'a> {
     counters: &'a mut Counters,
 }
 
+impl Sink<'_> {
+    fn feed(&mut self, decoder: &mut Decoder, records: &[u32]) {
+        self.counters.records += records.len() as u64;
+        decoder.feed(records, self);
+    }
+}
+
 impl RecordSink for Sink<'_> {
     #[inline(always)]
     fn event(&mut self, tick: u64, channel: u8, _dtime: u16) {
@@ -71,6 +78,9 @@ pub struct Engine {
     clock: ClockModel,
     assembler: Assembler,
     next_sequence: Option<u64>,
+    /// Records were lost (a gap, a rejected frame): the next accepted frame's header gives
+    /// the raster position to resume from.
+    resync: bool,
     losses: VecDeque<LossInterval>,
     last_link_error: Option<String>,
 }
@@ -99,6 +109,7 @@ impl Engine {
             counters: Counters::default(),
             assembler: Assembler::new(),
             next_sequence: None,
+            resync: false,
             losses: VecDeque::new(),
             last_link_error: None,
             cfg,
@@ -144,13 +155,12 @@ impl Engine {
     }
 
     fn decode(&mut self, records: &[u32]) {
-        self.counters.records += records.len() as u64;
         let mut sink = Sink {
             raster: &mut self.raster,
             cubes: &mut self.cubes,
             counters: &mut self.counters,
         };
-        self.decoder.feed(records, &mut sink);
+        sink.feed(&mut self.decoder, records);
         self.sync_levels();
     }
 
@@ -180,39 +190,42 @@ impl Engine {
     }
 
     fn accept_frame(&mut self, h: FrameHeader, host_ns: i64) {
-        if let Some(expected) = self.next_sequence {
-            if h.sequence != expected {
-                self.counters.link_loss_intervals += 1;
-                self.counters.link_frames_lost += h.sequence.saturating_sub(expected);
-                if self.losses.len() == LOSS_HISTORY {
-                    self.losses.pop_front();
-                }
-                self.losses.push_back(LossInterval {
-                    first_lost: expected,
-                    resumed_at: h.sequence,
-                    last_tick_before: self.raster.last_tick(),
-                    resume_base: h.overflow_base,
-                });
-                let position = Some((h.frame_markers, h.line_starts));
-                self.raster
-                    .link_gap(position, &mut self.cubes, &mut self.counters);
+        if let Some(expected) = self.next_sequence.filter(|&e| e != h.sequence) {
+            self.counters.link_loss_intervals += 1;
+            self.counters.link_frames_lost += h.sequence.saturating_sub(expected);
+            if self.losses.len() == LOSS_HISTORY {
+                self.losses.pop_front();
             }
+            self.losses.push_back(LossInterval {
+                first_lost: expected,
+                resumed_at: h.sequence,
+                last_tick_before: self.raster.last_tick(),
+                resume_base: h.overflow_base,
+            });
+            self.resync = true;
         }
         self.next_sequence = Some(h.sequence.wrapping_add(1));
         if let Err(why) = self.check_header(&h) {
             self.counters.link_frames_rejected += 1;
             self.last_link_error = Some(why);
-            // Its records are lost to us: whatever line was open cannot be trusted.
-            self.raster
-                .link_gap(None, &mut self.cubes, &mut self.counters);
+            // Its records are lost to us, as if the frame had never arrived.
+            self.resync = true;
             return;
+        }
+        if std::mem::take(&mut self.resync) {
+            let position = (h.frame_markers, h.line_starts);
+            self.raster
+                .link_gap(position, &mut self.cubes, &mut self.counters);
         }
         self.counters.link_frames += 1;
         self.decoder.set_overflow_base(h.overflow_base);
         self.clock.update(h.sent_tick, host_ns);
-        let records = std::mem::take(&mut self.assembler);
-        self.decode(records.records());
-        self.assembler = records;
+        let mut sink = Sink {
+            raster: &mut self.raster,
+            cubes: &mut self.cubes,
+            counters: &mut self.counters,
+        };
+        sink.feed(&mut self.decoder, self.assembler.records());
     }
 
     /// A frame whose header disagrees with the configuration would be mis-binned.

@@ -280,23 +280,17 @@ impl Raster {
     /// The link lost records: the open line cannot be trusted, and markers may have been
     /// lost with them. `position` is the sender's count of frame markers, and of line
     /// starts since the last one, before the first record after the gap.
-    pub fn link_gap(
-        &mut self,
-        position: Option<(u64, u32)>,
-        cubes: &mut CubeSet,
-        c: &mut Counters,
-    ) {
+    pub fn link_gap(&mut self, position: (u64, u32), cubes: &mut CubeSet, c: &mut Counters) {
         let t = self.last_tick;
         self.close_line(t, LineEnd::Gap, cubes, c);
         self.after_gap = true;
-        if let Some((frame_markers, line_starts)) = position {
-            self.frame = match (self.cfg.frame_marker_at, frame_markers) {
-                (FrameMarkerAt::Start, 0) => None,
-                (FrameMarkerAt::Start, n) => Some(n - 1),
-                (FrameMarkerAt::End, n) => Some(n),
-            };
-            self.lines_in_frame = line_starts;
-        }
+        let (frame_markers, line_starts) = position;
+        self.frame = match (self.cfg.frame_marker_at, frame_markers) {
+            (FrameMarkerAt::Start, 0) => None,
+            (FrameMarkerAt::Start, n) => Some(n - 1),
+            (FrameMarkerAt::End, n) => Some(n),
+        };
+        self.lines_in_frame = line_starts;
     }
 
     /// End of run: close the open line with the last tick seen, and check the last frame

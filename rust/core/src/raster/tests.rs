@@ -257,7 +257,7 @@ fn link_gap_drops_the_open_line_as_link_gap() {
     r.m(0, FRAME);
     r.m(10, START);
     r.e(20, 0);
-    r.raster.link_gap(None, &mut r.cubes, &mut r.c);
+    r.raster.link_gap((1, 1), &mut r.cubes, &mut r.c);
     r.e(25, 0); // the rest of a line whose start may be lost
     assert_eq!(r.rejected(Reject::LinkGap), 2);
     r.m(30, START);

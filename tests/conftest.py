@@ -1,0 +1,9 @@
+"""Test-wide settings: in CI, hypothesis runs derandomized so a run is reproducible."""
+
+import os
+
+from hypothesis import settings
+
+settings.register_profile("ci", derandomize=True)
+if os.environ.get("CI"):
+    settings.load_profile("ci")
