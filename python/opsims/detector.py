@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from opsims._native import ConfigError, EventCore
+from opsims.config_table import TableReader as _Reader
 
 Switching = Literal["per_frame", "per_pixel"]
 BudgetPolicy = Literal["rebin", "refuse"]
@@ -163,47 +164,3 @@ def _polarity(table: Any, path: str) -> Polarity:
     )
     r.reject_unknown()
     return polarity
-
-
-_MISSING = object()
-
-
-class _Reader:
-    """Typed access to one TOML table that remembers which keys were used."""
-
-    def __init__(self, table: Mapping[str, Any], path: str) -> None:
-        self.table = table
-        self.path = path
-        self.used: set[str] = set()
-
-    def get(self, key: str, kind: type | tuple[type, ...], default: Any = _MISSING) -> Any:
-        self.used.add(key)
-        if key not in self.table:
-            if default is _MISSING:
-                raise ConfigError(f"{self.path}.{key}: required key is missing")
-            return default
-        value = self.table[key]
-        kinds = kind if isinstance(kind, tuple) else (kind,)
-        # bool is an int in Python; a config that says `nx = true` is a mistake.
-        if (isinstance(value, bool) and bool not in kinds) or not isinstance(value, kinds):
-            expected = " or ".join(k.__name__ for k in kinds)
-            raise ConfigError(
-                f"{self.path}.{key}: expected {expected}, got {type(value).__name__} {value!r}"
-            )
-        if isinstance(value, int) and not isinstance(value, bool) and value < 0:
-            raise ConfigError(f"{self.path}.{key}: must not be negative, got {value}")
-        return value
-
-    def get_marker(self, key: str, default: int) -> int:
-        """A marker input, named 1..8 as PicoQuant does (0 = unused), as a bit mask."""
-        number: int = self.get(key, int, default)
-        if number > 8:
-            raise ConfigError(
-                f"{self.path}.{key}: marker input {number} is outside 1..8 (0 = unused)"
-            )
-        return 0 if number == 0 else 1 << (number - 1)
-
-    def reject_unknown(self) -> None:
-        unknown = sorted(set(self.table) - self.used)
-        if unknown:
-            raise ConfigError(f"{self.path}: unknown key(s) {', '.join(unknown)}")

@@ -1,0 +1,1 @@
+"""Instrument links spoken from Python: the potentiostat link (both ends)."""
