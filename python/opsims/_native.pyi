@@ -15,6 +15,7 @@ __all__ = [
     "BudgetError",
     "ClockModel",
     "ConfigError",
+    "DetectorEmitter",
     "EventCore",
     "OpsimsError",
     "PtuError",
@@ -262,3 +263,100 @@ class ClockModel:
     def tick_s(self) -> float: ...
     @property
     def window_s(self) -> float: ...
+
+# --- simulated detector front-end (docs/detector-emitter.md) ---
+
+@final
+class DetectorEmitter:
+    """The simulated detector front-end: the byte stream of the live detector link
+    (docs/detector-link.md) for a raster configured as for :class:`EventCore`, with
+    Poisson counts from per-pixel rates, dead time, dark counts and exact ground truth.
+
+    The raster starts at ``start_tick``: a line start every ``line_settle_ticks +
+    nx * dwell_ticks + flyback_ticks``, ``frame_gap_ticks`` more after a frame's last
+    line; the frame marker comes with the frame's first line start (``"start"``) or with
+    the next frame's (``"end"``). Mass switching per polarity as in docs/raster.md, with
+    a ``mass_switch_marker`` record at every switch when that mask is not 0. Counts land
+    on each polarity's first channel: in live pixel time at the species' rate, while the
+    magnet settles at ``settle_rate_fraction`` of the next species' rate, in line settle,
+    flyback and frame gap at ``dark_rate_hz``. A count within ``dead_time_ticks`` of the
+    last recorded count of its channel is lost (non-paralysable). The link's time base
+    starts just below ``start_tick``, as for a time tagger that has run for a while: the
+    first header's overflow base stands for the wraps before it.
+
+    ``t3_sync_fs`` (T3 only) is the fine-time bin of ``dtime`` in femtoseconds, sent as
+    the header's ``fine_fs``; dtimes are uniform over one sync period (``tick_s``). The
+    default spreads one sync period over the whole dtime field. ``seed`` fixes every draw:
+    the same seed, rates and calls give the same bytes, however time is sliced into
+    :meth:`emit_until` calls. Raises :class:`ConfigError` for an inconsistent
+    configuration (as :class:`EventCore` does, plus: fixed dwell only, marker masks within
+    4 bits, each polarity's first channel valid for the record type, no PicoHarp T2, whose
+    markers cannot sit on exact ticks).
+    """
+
+    def __new__(
+        cls,
+        record_type: int,
+        tick_s: float,
+        nx: int,
+        ny: int,
+        dwell_ticks: int,
+        polarities: Sequence[tuple[str, Sequence[int], Sequence[str], str, int]],
+        *,
+        line_settle_ticks: int = 0,
+        flyback_ticks: int = 0,
+        frame_gap_ticks: int = 0,
+        frames_per_slice: int = 1,
+        frame_marker: int = 4,
+        line_start_marker: int = 1,
+        line_stop_marker: int = 2,
+        mass_switch_marker: int = 0,
+        frame_marker_at: str = "start",
+        dead_time_ticks: int = 0,
+        dark_rate_hz: float = 0.0,
+        settle_rate_fraction: float = 0.0,
+        start_tick: int = 0,
+        seed: int = 0,
+        record_truth: bool = False,
+        max_records_per_frame: int = 65536,
+        t3_sync_fs: int | None = None,
+    ) -> Self: ...
+    def set_rates(self, rates: npt.ArrayLike) -> None:
+        """Count rates ``[n_species, ny, nx]`` in counts/s (converted to float64), used
+        from the next line start on (all zero until the first call). ValueError for a
+        wrong shape, NaN, infinite or negative values, or rates so high that one line
+        would hold more than 2**24 counts of a species."""
+    def emit_until(self, tick: int) -> list[bytes]:
+        """Every record with a tick below ``tick``, as one or more complete link frames
+        (at most ``max_records_per_frame`` records each; an empty frame when there is
+        nothing to send, so the receiver still gets a clock pair). Sequence numbers run
+        on from 0; every frame of the call has ``sent_tick = tick``. ValueError if
+        ``tick`` is below the previous call's. The GIL is released while generating."""
+    @property
+    def next_sequence(self) -> int:
+        """Sequence number of the next frame."""
+    @property
+    def position(self) -> tuple[int, int, int]:
+        """``(frame, line)`` of the last line start sent, and the tick of the last record."""
+    @property
+    def line_period_ticks(self) -> int:
+        """Ticks from one line start to the next within a frame."""
+    @property
+    def frame_period_ticks(self) -> int:
+        """Ticks from a frame's first line start to the next frame's."""
+    @property
+    def n_slices(self) -> int:
+        """Depth slices (``frame // frames_per_slice``) of the frames begun so far."""
+    def truth_counters(self) -> dict[str, int]:
+        """What was sent, by the core's names: ``events``, ``binned`` (live pixel time),
+        ``line_settle``, ``flyback``, ``mass_settle``, ``markers``, ``frame_markers``,
+        ``line_starts``, ``line_stops``, ``mass_switches``, ``overflow_records``,
+        ``wraps``, ``records``, ``link_frames``; and ``dead_time_lost``, ``frames``,
+        ``lines`` (begun)."""
+    def truth_cube(
+        self, species: str | int, z_start: int = 0, z_stop: int | None = None
+    ) -> npt.NDArray[np.uint32]:
+        """True counts of one species in live pixel time, ``[z, y, x]``, binned as the
+        core bins them. ValueError unless created with ``record_truth=True``."""
+    @property
+    def species(self) -> list[str]: ...

@@ -9,7 +9,7 @@ use opsims_core::counters::Counters;
 use opsims_core::cube::BudgetPolicy;
 use opsims_core::engine::{Engine, EngineConfig};
 use opsims_core::link::tttr::RecordType;
-use opsims_core::raster::{FrameMarkerAt, MarkerMasks, Polarity, RasterConfig, Switching};
+use opsims_core::raster::{MarkerMasks, RasterConfig};
 use opsims_core::CoreError;
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
@@ -17,9 +17,7 @@ use pyo3::types::PyDict;
 
 use crate::clock;
 use crate::errors::to_py;
-
-/// (name, channels, species, switching, settle_ticks) as Python passes a polarity.
-type PolarityArg = (String, Vec<u8>, Vec<String>, String, u64);
+use crate::raster_args::{self, PolarityArg};
 
 #[pyclass(module = "opsims._native")]
 pub struct EventCore {
@@ -34,32 +32,9 @@ fn counters_dict<'py>(py: Python<'py>, c: &Counters) -> PyResult<Bound<'py, PyDi
     Ok(d)
 }
 
-fn parse_switching(polarity: &str, s: &str) -> Result<Switching, CoreError> {
-    match s {
-        "per_frame" => Ok(Switching::PerFrame),
-        "per_pixel" => Ok(Switching::PerPixel),
-        other => Err(CoreError::Config(format!(
-            "raster.polarities.{polarity}.switching: expected 'per_frame' or 'per_pixel', got {other:?}"
-        ))),
-    }
-}
-
 impl EventCore {
     fn species_index(&self, species: &Bound<'_, PyAny>) -> PyResult<usize> {
-        let names = self.engine.species();
-        if let Ok(i) = species.extract::<usize>() {
-            if i < names.len() {
-                return Ok(i);
-            }
-            return Err(PyValueError::new_err(format!(
-                "species index {i} out of range (0..{})",
-                names.len()
-            )));
-        }
-        let name: String = species.extract()?;
-        names.iter().position(|n| *n == name).ok_or_else(|| {
-            PyValueError::new_err(format!("unknown species {name:?}; known: {names:?}"))
-        })
+        raster_args::species_index(&self.engine.species(), species)
     }
 
     fn z_range(&self, z_start: usize, z_stop: Option<usize>) -> (usize, usize) {
@@ -98,19 +73,7 @@ impl EventCore {
         budget_policy: &str,
         clock_window_s: f64,
     ) -> PyResult<Self> {
-        let polarities = polarities
-            .into_iter()
-            .map(|(name, channels, species, switching, settle_ticks)| {
-                Ok(Polarity {
-                    switching: parse_switching(&name, &switching)?,
-                    name,
-                    channels,
-                    species,
-                    settle_ticks,
-                })
-            })
-            .collect::<Result<Vec<_>, CoreError>>()
-            .map_err(to_py)?;
+        let polarities = raster_args::polarities(polarities).map_err(to_py)?;
         let budget_policy = match budget_policy {
             "rebin" => BudgetPolicy::Rebin,
             "refuse" => BudgetPolicy::Refuse,
@@ -137,15 +100,7 @@ impl EventCore {
                     line_stop: line_stop_marker,
                     mass_switch: mass_switch_marker,
                 },
-                frame_marker_at: match frame_marker_at {
-                    "start" => FrameMarkerAt::Start,
-                    "end" => FrameMarkerAt::End,
-                    other => {
-                        return Err(to_py(CoreError::Config(format!(
-                            "raster.markers.frame_at: expected 'start' or 'end', got {other:?}"
-                        ))))
-                    }
-                },
+                frame_marker_at: raster_args::frame_marker_at(frame_marker_at).map_err(to_py)?,
                 polarities,
             },
             memory_budget_bytes,

@@ -7,6 +7,8 @@ mod clock;
 mod errors;
 mod events;
 mod ptu;
+mod raster_args;
+mod sim;
 
 #[pymodule]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
@@ -15,5 +17,6 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     ptu::register(m)?;
     clock::register(m)?;
     events::register(m)?;
+    sim::register(m)?;
     Ok(())
 }

@@ -4,7 +4,8 @@
 //! `link` (TTTR records, live-link frames, `.ptu` files) → `clock` (device ticks →
 //! host ns) → `raster` (ticks + channel → slice, y, x, species, or a counted
 //! rejection) → `cube` (u32 voxel cubes per species). `engine` ties them together
-//! with the `counters` that prove nothing is lost.
+//! with the `counters` that prove nothing is lost. `sim` is the other end of the link: a
+//! simulated detector front-end that writes the stream the core reads, with its truth.
 
 pub mod clock;
 pub mod counters;
@@ -13,5 +14,6 @@ pub mod engine;
 pub mod error;
 pub mod link;
 pub mod raster;
+pub mod sim;
 
 pub use error::{CoreError, Result};

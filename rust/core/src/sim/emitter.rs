@@ -1,0 +1,611 @@
+//! The emitter's state machine. One raster line period (line start to the next line
+//! start) is generated at a time, into reused buffers: each polarity's counts in time
+//! order, dead time applied, merged with the line's markers. Records are then written up
+//! to the requested tick; the rest of the line waits for the next call, so the stream
+//! does not depend on how the caller slices time.
+
+use rand::{RngCore, SeedableRng};
+use rand_distr::{Distribution, Exp1};
+use rand_xoshiro::Xoshiro256PlusPlus;
+
+use super::writer::LinkWriter;
+use super::{EmitterConfig, SimError, TruthCounters, MAX_COUNTS_PER_LINE};
+use crate::error::Result;
+use crate::link::frame::FrameHeader;
+use crate::link::tttr::RecordType;
+use crate::raster::{FrameMarkerAt, MarkerMasks, Switching};
+
+// What an entry of the generated line is; the first four are the core's verdicts.
+const LIVE: u8 = 0;
+const LINE_SETTLE: u8 = 1;
+const FLYBACK: u8 = 2;
+const MASS_SETTLE: u8 = 3;
+const LOST: u8 = 4;
+const MARKER: u8 = 5;
+
+/// A record-to-be. Events carry their species (a polarity's first species for dark
+/// counts), which names the channel; a marker carries its mask in `x`.
+#[derive(Debug, Clone, Copy)]
+struct Entry {
+    tick: u64,
+    x: u32,
+    dtime: u16,
+    species: u8,
+    kind: u8,
+}
+
+#[derive(Debug)]
+struct Pol {
+    base: usize,
+    n: u64,
+    per_pixel: bool,
+    settle: u64,
+    /// Per-pixel switching: part k covers pixel offsets `bounds[k]..bounds[k + 1]`.
+    bounds: Vec<u64>,
+    /// Counts before this tick fall in the dead time of the last recorded one.
+    next_free: u64,
+    events: Vec<Entry>,
+}
+
+/// Random draws for one line.
+struct Draw<'a> {
+    rng: &'a mut Xoshiro256PlusPlus,
+    dtime_bins: u64,
+    dead_time: u64,
+}
+
+impl Draw<'_> {
+    #[inline(always)]
+    fn exp(&mut self) -> f64 {
+        Distribution::<f64>::sample(&Exp1, self.rng)
+    }
+
+    /// Counts of a Poisson process of `rate` per tick over `[a, a + len)`, appended in
+    /// time order. Exponential gaps give exactly a Poisson(rate·len) count at uniform
+    /// times, already sorted, for one ziggurat draw per count.
+    #[inline(always)]
+    fn run(
+        &mut self,
+        a: u64,
+        len: u64,
+        rate: f64,
+        tag: Entry,
+        next_free: &mut u64,
+        out: &mut Vec<Entry>,
+    ) {
+        if rate <= 0.0 || len == 0 {
+            return;
+        }
+        let (inv, end) = (1.0 / rate, len as f64);
+        let mut off = self.exp() * inv;
+        while off < end {
+            let dt = off as u64;
+            if dt >= len {
+                break; // `len as f64` rounded up (a gap beyond 2^53 ticks)
+            }
+            let tick = a + dt;
+            if tick >= *next_free {
+                // Non-paralysable: only a recorded count starts a dead time.
+                *next_free = tick.saturating_add(self.dead_time);
+                // Multiply-shift: bias below bins / 2^64, far under any test's reach.
+                let dtime = if self.dtime_bins > 1 {
+                    ((u128::from(self.rng.next_u64()) * u128::from(self.dtime_bins)) >> 64) as u16
+                } else {
+                    0
+                };
+                out.push(Entry { tick, dtime, ..tag });
+            } else {
+                out.push(Entry {
+                    tick,
+                    kind: LOST,
+                    ..tag
+                });
+            }
+            off += self.exp() * inv;
+        }
+    }
+}
+
+fn push_marker(markers: &mut Vec<Entry>, tick: u64, mask: u8) {
+    match markers.last_mut() {
+        // Simultaneous markers are one record with several bits, as the hardware writes.
+        Some(m) if m.tick == tick => m.x |= u32::from(mask),
+        _ => markers.push(Entry {
+            tick,
+            x: u32::from(mask),
+            dtime: 0,
+            species: 0,
+            kind: MARKER,
+        }),
+    }
+}
+
+/// The simulated detector front-end (module doc); `DetectorEmitter` in Python.
+pub struct Emitter {
+    cfg: EmitterConfig,
+    masks: MarkerMasks,
+    end_markers: bool,
+    any_per_frame: bool,
+    nx: u64,
+    ny: u32,
+    dwell: u64,
+    pols: Vec<Pol>,
+    /// Pixel offsets of every per-pixel mass switch, all polarities, sorted and unique.
+    switch_offsets: Vec<u64>,
+    channel_of: Vec<u8>,
+    /// Counts per tick, `[species][y][x]`; a new set waits for the next line start.
+    rates: Vec<f64>,
+    next_rates: Option<Vec<f64>>,
+    dark: f64,
+    rng: Xoshiro256PlusPlus,
+    dtime_bins: u64,
+    /// Start of the next line to generate (None once ticks run out), and its place.
+    next_t0: Option<u64>,
+    next_at: (u64, u32),
+    frame_start: u64,
+    /// A line stop on the next line's start tick goes out in that line's first record.
+    carry: u8,
+    markers: Vec<Entry>,
+    scratch: [Vec<Entry>; 2],
+    line: Vec<Entry>,
+    pos: usize,
+    /// The generated line: frame, y, and its row offset in a truth cube.
+    cur: (u64, u32, usize),
+    writer: LinkWriter,
+    truth: TruthCounters,
+    cubes: Vec<Vec<u32>>,
+    n_slices: usize,
+    last_until: u64,
+    last_tick: u64,
+    at: (u64, u32),
+}
+
+fn dtime_bits(kind: RecordType) -> u32 {
+    match kind {
+        RecordType::PicoHarpT3 => 12,
+        RecordType::HydraHarpV1T3 | RecordType::GenericT3 => 15,
+        _ => 0,
+    }
+}
+
+impl Emitter {
+    pub fn new(cfg: EmitterConfig) -> Result<Self> {
+        let kind = cfg.validate()?;
+        let r = &cfg.raster;
+        let tick_fs = (cfg.tick_s * 1e15).round() as u64;
+        let (fine_fs, dtime_bins) = if kind.is_t3() {
+            let field = 1u64 << dtime_bits(kind);
+            let fine = cfg.fine_fs.unwrap_or(tick_fs.div_ceil(field));
+            (fine, tick_fs.div_ceil(fine).clamp(1, field))
+        } else {
+            (0, 0)
+        };
+        let mut pols = Vec::new();
+        let mut channel_of = Vec::new();
+        let mut offsets = Vec::new();
+        for p in &r.polarities {
+            let n = p.species.len() as u64;
+            let per_pixel = p.switching == Switching::PerPixel;
+            let bounds: Vec<u64> = (0..=n).map(|k| (k * r.dwell_ticks).div_ceil(n)).collect();
+            if per_pixel {
+                offsets.extend_from_slice(&bounds[..n as usize]);
+            }
+            pols.push(Pol {
+                base: channel_of.len(),
+                n,
+                per_pixel,
+                settle: p.settle_ticks,
+                bounds,
+                next_free: 0,
+                events: Vec::new(),
+            });
+            channel_of.extend(std::iter::repeat_n(p.channels[0], p.species.len()));
+        }
+        offsets.sort_unstable();
+        offsets.dedup();
+        let template = FrameHeader {
+            record_type: cfg.record_type,
+            tick_fs,
+            fine_fs,
+            frame_mask: r.markers.frame,
+            line_start_mask: r.markers.line_start,
+            line_stop_mask: r.markers.line_stop,
+            mass_switch_mask: r.markers.mass_switch,
+            ..FrameHeader::default()
+        };
+        let n_cells = channel_of.len() * (r.ny as usize) * (r.nx as usize);
+        let mut writer = LinkWriter::new(kind, template, cfg.max_records_per_frame as usize);
+        writer.skip_to(cfg.start_tick)?;
+        Ok(Emitter {
+            masks: r.markers,
+            end_markers: r.frame_marker_at == FrameMarkerAt::End,
+            any_per_frame: cfg.any_per_frame(),
+            nx: u64::from(r.nx),
+            ny: r.ny,
+            dwell: r.dwell_ticks,
+            pols,
+            switch_offsets: offsets,
+            cubes: vec![Vec::new(); channel_of.len()],
+            channel_of,
+            rates: vec![0.0; n_cells],
+            next_rates: None,
+            dark: cfg.dark_rate_hz * cfg.tick_s,
+            rng: Xoshiro256PlusPlus::seed_from_u64(cfg.seed),
+            dtime_bins,
+            next_t0: Some(cfg.start_tick),
+            next_at: (0, 0),
+            frame_start: cfg.start_tick,
+            carry: 0,
+            markers: Vec::new(),
+            scratch: [Vec::new(), Vec::new()],
+            line: Vec::new(),
+            pos: 0,
+            cur: (0, 0, 0),
+            writer,
+            truth: TruthCounters::default(),
+            n_slices: 0,
+            last_until: 0,
+            last_tick: 0,
+            at: (0, 0),
+            cfg,
+        })
+    }
+
+    pub fn config(&self) -> &EmitterConfig {
+        &self.cfg
+    }
+    pub fn species(&self) -> Vec<String> {
+        self.cfg.raster.species_names()
+    }
+    pub fn next_sequence(&self) -> u64 {
+        self.writer.next_sequence()
+    }
+    /// Frame and line of the last line start sent, and the tick of the last record sent.
+    pub fn position(&self) -> (u64, u32, u64) {
+        (self.at.0, self.at.1, self.last_tick)
+    }
+    /// Slices of frames begun (a slice appears with its first line).
+    pub fn n_slices(&self) -> usize {
+        self.n_slices
+    }
+
+    pub fn truth_counters(&self) -> TruthCounters {
+        let (records, overflow_records, wraps) = self.writer.counts();
+        TruthCounters {
+            records,
+            link_frames: self.writer.next_sequence(),
+            overflow_records,
+            wraps,
+            ..self.truth
+        }
+    }
+
+    /// Counts per second, `[species][y][x]` flattened; used from the next line start on.
+    pub fn set_rates(&mut self, rates_hz: &[f64]) -> std::result::Result<(), SimError> {
+        let (ny, nx) = (self.ny as usize, self.nx as usize);
+        if rates_hz.len() != self.rates.len() {
+            return Err(SimError::Value(format!(
+                "rates: expected {} values ([{}, {ny}, {nx}]), got {}",
+                self.rates.len(),
+                self.channel_of.len(),
+                rates_hz.len()
+            )));
+        }
+        let tick_s = self.cfg.tick_s;
+        let limit = MAX_COUNTS_PER_LINE / (self.nx * self.dwell) as f64;
+        let mut per_tick = Vec::with_capacity(rates_hz.len());
+        for (i, &r) in rates_hz.iter().enumerate() {
+            let t = r * tick_s;
+            if !(r.is_finite() && r >= 0.0 && t <= limit) {
+                let (s, y, x) = (i / (ny * nx), i / nx % ny, i % nx);
+                return Err(SimError::Value(format!(
+                    "rates[{s}, {y}, {x}] = {r}: rates must be finite, >= 0 and below {:.3e} counts/s",
+                    limit / tick_s
+                )));
+            }
+            per_tick.push(t);
+        }
+        self.next_rates = Some(per_tick);
+        Ok(())
+    }
+
+    /// Every record with a tick below `until`, as complete link frames (at least one:
+    /// an empty frame still gives the receiver a clock pair), all sent at `until`.
+    pub fn emit_until(&mut self, until: u64) -> std::result::Result<Vec<Vec<u8>>, SimError> {
+        if until < self.last_until {
+            return Err(SimError::Value(format!(
+                "emit_until({until}): time went back (last call was at {})",
+                self.last_until
+            )));
+        }
+        self.last_until = until;
+        self.writer.begin(until);
+        while self.emit_line(until)? {
+            match self.next_t0 {
+                Some(t0) if t0 < until => self.generate_line(t0),
+                _ => break,
+            }
+        }
+        Ok(self.writer.finish())
+    }
+
+    /// Copy slices `z0..z1` of one species' truth cube into `out` (`[z][y][x]`).
+    pub fn truth_cube(
+        &self,
+        species: usize,
+        z0: usize,
+        z1: usize,
+        out: &mut [u32],
+    ) -> std::result::Result<(), SimError> {
+        let plane = self.ny as usize * self.nx as usize;
+        if !self.cfg.record_truth {
+            return Err(SimError::Value(
+                "truth cubes are not kept: create the emitter with record_truth=True".into(),
+            ));
+        }
+        if species >= self.cubes.len() || z0 > z1 || z1 > self.n_slices {
+            return Err(SimError::Value(format!(
+                "truth_cube: species {species}, slices {z0}..{z1} outside {} species x {} slices",
+                self.cubes.len(),
+                self.n_slices
+            )));
+        }
+        if out.len() != (z1 - z0) * plane {
+            return Err(SimError::Value(
+                "truth_cube: output has the wrong size".into(),
+            ));
+        }
+        out.copy_from_slice(&self.cubes[species][z0 * plane..z1 * plane]);
+        Ok(())
+    }
+
+    /// Write the generated line's records below `until`; true when the line is done.
+    fn emit_line(&mut self, until: u64) -> Result<bool> {
+        let m = self.masks;
+        let (frame, y, row) = self.cur;
+        let keep = self.cfg.record_truth;
+        let t = &mut self.truth;
+        while let Some(&e) = self.line.get(self.pos) {
+            if e.tick >= until {
+                return Ok(false);
+            }
+            self.pos += 1;
+            match e.kind {
+                MARKER => {
+                    let mask = e.x as u8;
+                    self.writer.marker(e.tick, mask)?;
+                    self.last_tick = e.tick;
+                    t.markers += 1;
+                    t.frame_markers += u64::from(mask & m.frame != 0);
+                    t.line_stops += u64::from(mask & m.line_stop != 0);
+                    t.mass_switches += u64::from(mask & m.mass_switch != 0);
+                    if mask & m.line_start != 0 {
+                        t.line_starts += 1;
+                        t.lines += 1;
+                        t.frames += u64::from(y == 0);
+                        self.at = (frame, y);
+                    }
+                }
+                LOST => t.dead_time_lost += 1,
+                kind => {
+                    let s = e.species as usize;
+                    self.writer.event(e.tick, self.channel_of[s], e.dtime)?;
+                    self.last_tick = e.tick;
+                    t.events += 1;
+                    match kind {
+                        LIVE => {
+                            t.binned += 1;
+                            if keep {
+                                let c = &mut self.cubes[s][row + e.x as usize];
+                                *c = c.wrapping_add(1);
+                            }
+                        }
+                        LINE_SETTLE => t.line_settle += 1,
+                        FLYBACK => t.flyback += 1,
+                        _ => t.mass_settle += 1,
+                    }
+                }
+            }
+        }
+        Ok(true)
+    }
+
+    /// Generate the line period starting at `t0` into `self.line`.
+    fn generate_line(&mut self, t0: u64) {
+        let (frame, y) = self.next_at;
+        let last_line = y + 1 == self.ny;
+        let settle = self.cfg.raster.line_settle_ticks;
+        let span = self.nx * self.dwell;
+        let tail = self.cfg.raster.flyback_ticks
+            + if last_line {
+                self.cfg.frame_gap_ticks
+            } else {
+                0
+            };
+        self.line.clear();
+        self.pos = 0;
+        // The validation bounds one frame period, so only the tick itself can run out.
+        let Some(t_next) = t0.checked_add(settle + span + tail) else {
+            self.next_t0 = None;
+            return;
+        };
+        if let Some(r) = self.next_rates.take() {
+            self.rates = r;
+        }
+        if y == 0 {
+            self.frame_start = t0;
+        }
+        let (pix0, stop) = (t0 + settle, t0 + settle + span);
+        self.line_markers(frame, y, t0, pix0, stop, t_next);
+        self.line_events(frame, y, t0, pix0, stop, t_next);
+        merge(&mut self.line, &self.markers, &self.pols, &mut self.scratch);
+
+        let z = (frame / u64::from(self.cfg.raster.frames_per_slice)) as usize;
+        let (ny, nx) = (self.ny as usize, self.nx as usize);
+        self.n_slices = self.n_slices.max(z + 1);
+        if self.cfg.record_truth {
+            let need = (z + 1) * ny * nx;
+            for c in &mut self.cubes {
+                if c.len() < need {
+                    c.resize(need, 0);
+                }
+            }
+        }
+        self.cur = (frame, y, (z * ny + y as usize) * nx);
+        self.next_at = if last_line {
+            (frame + 1, 0)
+        } else {
+            (frame, y + 1)
+        };
+        self.next_t0 = Some(t_next);
+    }
+
+    fn line_markers(&mut self, frame: u64, y: u32, t0: u64, pix0: u64, stop: u64, t_next: u64) {
+        let m = self.masks;
+        let mk = &mut self.markers;
+        mk.clear();
+        let mut first = std::mem::take(&mut self.carry) | m.line_start;
+        if y == 0 {
+            // End markers: frame f's marker is frame f+1's first record; frame 0 has none before it.
+            if !self.end_markers || frame > 0 {
+                first |= m.frame;
+            }
+            if self.any_per_frame {
+                first |= m.mass_switch;
+            }
+        }
+        push_marker(mk, t0, first);
+        if m.mass_switch != 0 && !self.switch_offsets.is_empty() {
+            for x in 0..self.nx {
+                let px = pix0 + x * self.dwell;
+                for &o in &self.switch_offsets {
+                    push_marker(mk, px + o, m.mass_switch);
+                }
+            }
+        }
+        if m.line_stop != 0 {
+            if stop < t_next {
+                push_marker(mk, stop, m.line_stop);
+            } else {
+                self.carry = m.line_stop;
+            }
+        }
+    }
+
+    fn line_events(&mut self, frame: u64, y: u32, t0: u64, pix0: u64, stop: u64, t_next: u64) {
+        let (nx, dwell) = (self.nx, self.dwell);
+        let plane = self.ny as usize * nx as usize;
+        let row = y as usize * nx as usize;
+        let fraction = self.cfg.settle_rate_fraction;
+        let mut d = Draw {
+            rng: &mut self.rng,
+            dtime_bins: self.dtime_bins,
+            dead_time: self.cfg.dead_time_ticks,
+        };
+        for p in &mut self.pols {
+            let out = &mut p.events;
+            out.clear();
+            let free = &mut p.next_free;
+            let tag = |kind: u8, species: usize, x: u64| Entry {
+                tick: 0,
+                x: x as u32,
+                dtime: 0,
+                species: species as u8,
+                kind,
+            };
+            d.run(
+                t0,
+                pix0 - t0,
+                self.dark,
+                tag(LINE_SETTLE, p.base, 0),
+                free,
+                out,
+            );
+            if p.per_pixel {
+                for x in 0..nx {
+                    let px = pix0 + x * dwell;
+                    for k in 0..p.n as usize {
+                        let s = p.base + k;
+                        let rate = self.rates[s * plane + row + x as usize];
+                        let (a, b) = (px + p.bounds[k], px + p.bounds[k + 1]);
+                        let live = b.min(a + p.settle);
+                        d.run(
+                            a,
+                            live - a,
+                            fraction * rate,
+                            tag(MASS_SETTLE, s, x),
+                            free,
+                            out,
+                        );
+                        d.run(live, b - live, rate, tag(LIVE, s, x), free, out);
+                    }
+                }
+            } else {
+                let s = p.base + (frame % p.n) as usize;
+                let rates = &self.rates[s * plane + row..][..nx as usize];
+                let settled = self.frame_start.saturating_add(p.settle);
+                for (x, &rate) in (0..nx).zip(rates) {
+                    let a = pix0 + x * dwell;
+                    if settled > a {
+                        let live = settled.min(a + dwell);
+                        d.run(
+                            a,
+                            live - a,
+                            fraction * rate,
+                            tag(MASS_SETTLE, s, x),
+                            free,
+                            out,
+                        );
+                        d.run(live, a + dwell - live, rate, tag(LIVE, s, x), free, out);
+                    } else {
+                        d.run(a, dwell, rate, tag(LIVE, s, x), free, out);
+                    }
+                }
+            }
+            d.run(
+                stop,
+                t_next - stop,
+                self.dark,
+                tag(FLYBACK, p.base, 0),
+                free,
+                out,
+            );
+        }
+    }
+}
+
+/// Merge the markers and every polarity's events by tick; at equal ticks markers come
+/// first (an event on a line start belongs to the new line), then polarities in order.
+fn merge(line: &mut Vec<Entry>, markers: &[Entry], pols: &[Pol], scratch: &mut [Vec<Entry>; 2]) {
+    let [events, spare] = scratch;
+    match pols {
+        [] => merge2(markers, &[], line),
+        [p] => merge2(markers, &p.events, line),
+        [p, q, rest @ ..] => {
+            merge2(&p.events, &q.events, events);
+            for r in rest {
+                merge2(events, &r.events, spare);
+                std::mem::swap(events, spare);
+            }
+            merge2(markers, events, line);
+        }
+    }
+}
+
+/// Two sorted runs into `out`; on equal ticks `a` goes first.
+fn merge2(a: &[Entry], b: &[Entry], out: &mut Vec<Entry>) {
+    out.clear();
+    out.reserve(a.len() + b.len());
+    let (mut i, mut j) = (0, 0);
+    while let (Some(x), Some(y)) = (a.get(i), b.get(j)) {
+        if y.tick < x.tick {
+            out.push(*y);
+            j += 1;
+        } else {
+            out.push(*x);
+            i += 1;
+        }
+    }
+    out.extend_from_slice(&a[i..]);
+    out.extend_from_slice(&b[j..]);
+}

@@ -1,0 +1,402 @@
+//! The emitter against the core: what the engine bins from the emitted link must be the
+//! emitter's truth, count for count, whatever the layout, switching and frame slicing.
+
+use super::*;
+use crate::counters::{Counters, Reject};
+use crate::cube::BudgetPolicy;
+use crate::engine::{Engine, EngineConfig};
+use crate::link::frame::{Assembler, Item};
+use crate::link::tttr::{decode_columns, RecordKind};
+use crate::raster::{FrameMarkerAt, MarkerMasks, Polarity};
+
+const MULTIHARP_T3: u32 = 0x0001_0307;
+const HYDRAHARP_V2_T2: u32 = 0x0101_0204;
+const PICOHARP_T3: u32 = 0x0001_0303;
+const HYDRAHARP_V1_T3: u32 = 0x0001_0304;
+
+fn polarity(name: &str, ch: u8, species: &[&str], switching: Switching, settle: u64) -> Polarity {
+    Polarity {
+        name: name.into(),
+        channels: vec![ch, ch + 2],
+        species: species.iter().map(|s| s.to_string()).collect(),
+        switching,
+        settle_ticks: settle,
+    }
+}
+
+fn config(record_type: u32, pos: Switching, neg: Switching) -> EmitterConfig {
+    EmitterConfig {
+        record_type,
+        tick_s: 80e-9,
+        raster: RasterConfig {
+            nx: 12,
+            ny: 5,
+            dwell_ticks: 40,
+            line_settle_ticks: 7,
+            flyback_ticks: 23,
+            line_tolerance_ticks: 0,
+            frames_per_slice: 2,
+            markers: MarkerMasks {
+                frame: 4,
+                line_start: 1,
+                line_stop: 2,
+                mass_switch: 8,
+            },
+            frame_marker_at: FrameMarkerAt::Start,
+            polarities: vec![
+                polarity("positive", 0, &["Na+", "Si+", "Zr+"], pos, 3),
+                polarity("negative", 1, &["O-", "P-"], neg, 4),
+            ],
+        },
+        frame_gap_ticks: 150,
+        dead_time_ticks: 2,
+        dark_rate_hz: 2e5,
+        settle_rate_fraction: 0.3,
+        start_tick: 0,
+        seed: 7,
+        record_truth: true,
+        max_records_per_frame: 97,
+        fine_fs: None,
+    }
+}
+
+/// Rates that differ by species, row and column, so a misplaced count shows.
+fn rates(cfg: &EmitterConfig) -> Vec<f64> {
+    let (ny, nx) = (cfg.raster.ny as usize, cfg.raster.nx as usize);
+    (0..cfg.n_species() * ny * nx)
+        .map(|i| 2e5 * (1 + i % 7 + (i / nx) % 3 + 4 * (i / (ny * nx))) as f64)
+        .collect()
+}
+
+fn engine_for(cfg: &EmitterConfig) -> Engine {
+    let mut raster = cfg.raster.clone();
+    if raster.markers.line_stop == 0 {
+        // Lets the end of the run close the last line whatever its last record.
+        raster.line_tolerance_ticks =
+            raster.line_settle_ticks + raster.dwell_ticks * raster.nx as u64;
+    }
+    Engine::new(EngineConfig {
+        record_type: RecordType::from_code(cfg.record_type).unwrap(),
+        tick_s: cfg.tick_s,
+        raster,
+        memory_budget_bytes: 1 << 30,
+        budget_policy: BudgetPolicy::Refuse,
+        clock_window_s: 30.0,
+    })
+    .unwrap()
+}
+
+/// Emit up to `end` in uneven steps, feed every frame to a core, and compare.
+fn check_against_core(cfg: EmitterConfig, end: u64) -> (Emitter, Counters) {
+    let mut em = Emitter::new(cfg.clone()).unwrap();
+    let mut engine = engine_for(&cfg);
+    em.set_rates(&rates(&cfg)).unwrap();
+    let mut t = cfg.start_tick.saturating_sub(5000);
+    let mut step = 1;
+    while t < end {
+        t = (t + step).min(end);
+        step = step * 7 % 1999 + 1;
+        for f in em.emit_until(t).unwrap() {
+            engine.feed_link(&f, 0);
+        }
+    }
+    engine.finish();
+    let c = engine.counters();
+    let truth = em.truth_counters();
+    let reason = |r: Reject| c.rejected[r as usize];
+    assert_eq!(c.link_frames, truth.link_frames);
+    assert_eq!(
+        c.link_loss_intervals + c.link_frames_rejected + c.link_frames_corrupt,
+        0
+    );
+    assert_eq!(c.records, truth.records);
+    assert_eq!(c.events, truth.events);
+    assert_eq!(c.binned, truth.binned, "{cfg:?}");
+    assert_eq!(reason(Reject::LineSettle), truth.line_settle);
+    assert_eq!(reason(Reject::Flyback), truth.flyback);
+    assert_eq!(reason(Reject::MassSettle), truth.mass_settle);
+    assert_eq!(
+        c.rejected_total(),
+        truth.line_settle + truth.flyback + truth.mass_settle
+    );
+    assert_eq!(c.lines_bad, 0);
+    assert_eq!(
+        (
+            c.markers,
+            c.frame_markers,
+            c.line_starts,
+            c.line_stops,
+            c.mass_switches
+        ),
+        (
+            truth.markers,
+            truth.frame_markers,
+            truth.line_starts,
+            truth.line_stops,
+            truth.mass_switches
+        )
+    );
+    assert_eq!(
+        (c.overflow_records, c.wraps),
+        (truth.overflow_records, truth.wraps)
+    );
+    let (ny, nx) = (cfg.raster.ny as usize, cfg.raster.nx as usize);
+    let n = em.n_slices();
+    assert!(engine.cubes().n_slices() <= n);
+    for s in 0..cfg.n_species() {
+        let mut want = vec![0; n * ny * nx];
+        em.truth_cube(s, 0, n, &mut want).unwrap();
+        let mut got = vec![0; n * ny * nx];
+        let have = engine.cubes().n_slices();
+        engine
+            .cubes()
+            .copy_range(s, 0, have, &mut got[..have * ny * nx])
+            .unwrap();
+        assert_eq!(got, want, "species {s} of {cfg:?}");
+    }
+    assert!(truth.binned > 1000 && truth.dead_time_lost > 0, "{truth:?}");
+    if cfg.raster.line_settle_ticks > 0 && cfg.raster.flyback_ticks > 0 {
+        assert!(truth.line_settle > 0 && truth.flyback > 0 && truth.mass_settle > 0);
+    }
+    (em, c)
+}
+
+fn line_start(cfg: &EmitterConfig, frame: u64, y: u64) -> u64 {
+    cfg.start_tick + frame * cfg.frame_period_ticks() + y * cfg.line_period_ticks()
+}
+
+#[test]
+fn core_bins_exactly_the_truth_t3_per_frame_and_per_pixel() {
+    let cfg = config(MULTIHARP_T3, Switching::PerFrame, Switching::PerPixel);
+    let end = line_start(&cfg, 7, 2);
+    let (em, c) = check_against_core(cfg, end);
+    assert_eq!(c.frame_markers, 8);
+    assert_eq!(em.position().0, 7);
+}
+
+#[test]
+fn core_bins_exactly_the_truth_t2_start_below_a_wrap() {
+    let mut cfg = config(HYDRAHARP_V2_T2, Switching::PerPixel, Switching::PerFrame);
+    cfg.start_tick = 3 * (1 << 25) - 300;
+    cfg.dark_rate_hz = 1e6;
+    let end = line_start(&cfg, 6, 3);
+    let (_, c) = check_against_core(cfg, end);
+    // The link starts at base 2 * 2^25 (earlier wraps are not sent) and crosses one.
+    assert_eq!(c.wraps, 1);
+}
+
+#[test]
+fn core_bins_exactly_the_truth_with_end_markers_and_no_line_stops() {
+    for (code, start) in [(PICOHARP_T3, 0), (HYDRAHARP_V1_T3, 5 * 1024 - 9)] {
+        let mut cfg = config(code, Switching::PerPixel, Switching::PerPixel);
+        cfg.raster.frame_marker_at = FrameMarkerAt::End;
+        cfg.raster.markers.line_stop = 0;
+        cfg.raster.flyback_ticks = 0;
+        cfg.start_tick = start;
+        let end = line_start(&cfg, 5, 4) + 33;
+        check_against_core(cfg, end);
+    }
+}
+
+#[test]
+fn core_bins_exactly_the_truth_with_end_markers_per_frame_from_tick_zero() {
+    // Frame 0 of an end-marked raster has no marker before it: the core starts its
+    // settle at tick 0, which is the raster's start only when start_tick is 0.
+    let mut cfg = config(MULTIHARP_T3, Switching::PerFrame, Switching::PerFrame);
+    cfg.raster.frame_marker_at = FrameMarkerAt::End;
+    cfg.raster.polarities[0].settle_ticks = 700; // beyond the first line
+    cfg.raster.markers.mass_switch = 0;
+    let end = line_start(&cfg, 6, 0);
+    check_against_core(cfg, end);
+}
+
+#[test]
+fn coinciding_markers_share_a_record_and_zero_gaps_still_map() {
+    let mut cfg = config(MULTIHARP_T3, Switching::PerPixel, Switching::PerFrame);
+    cfg.raster.flyback_ticks = 0;
+    cfg.raster.line_settle_ticks = 0;
+    cfg.frame_gap_ticks = 0;
+    cfg.raster.markers.line_stop = 0;
+    let end = line_start(&cfg, 4, 1) + 5;
+    let (_, c) = check_against_core(cfg.clone(), end);
+    // A line is 12 pixels of 3 switches; the first switch shares the line start's record
+    // (with the frame bit and the per-frame switch on line 0). The last line is cut at +5.
+    let lines = 4 * 5 + 2;
+    assert_eq!(c.line_starts, lines);
+    assert_eq!(c.markers, (lines - 1) * 12 * 3 + 1);
+    assert_eq!(c.mass_switches, c.markers);
+}
+
+fn payload(frames: &[Vec<u8>]) -> (Vec<u32>, Vec<crate::link::frame::FrameHeader>) {
+    let mut a = Assembler::new();
+    let (mut records, mut headers) = (Vec::new(), Vec::new());
+    for f in frames {
+        a.push(f);
+        while let Some(item) = a.next_item() {
+            let Item::Frame(h) = item else {
+                panic!("corrupt frame")
+            };
+            records.extend_from_slice(a.records());
+            headers.push(h);
+        }
+    }
+    (records, headers)
+}
+
+#[test]
+fn stream_does_not_depend_on_how_time_is_sliced() {
+    let cfg = config(MULTIHARP_T3, Switching::PerFrame, Switching::PerPixel);
+    let end = line_start(&cfg, 3, 1) + 17;
+    let emit = |ticks: &[u64]| {
+        let mut em = Emitter::new(cfg.clone()).unwrap();
+        em.set_rates(&rates(&cfg)).unwrap();
+        let frames: Vec<Vec<u8>> = ticks
+            .iter()
+            .flat_map(|&t| em.emit_until(t).unwrap())
+            .collect();
+        (payload(&frames), em.truth_counters())
+    };
+    let ((whole, h1), t1) = emit(&[end]);
+    let steps: Vec<u64> = (0..=end).step_by(61).chain([end]).collect();
+    let ((sliced, h2), t2) = emit(&steps);
+    assert_eq!(whole, sliced);
+    assert_eq!(t1.binned, t2.binned);
+    assert_eq!(t1.dead_time_lost, t2.dead_time_lost);
+    assert!(h2.len() > h1.len());
+    for (i, h) in h2.iter().enumerate() {
+        assert_eq!(h.sequence, i as u64);
+    }
+}
+
+#[test]
+fn every_header_carries_the_base_and_raster_position_before_its_first_record() {
+    let mut cfg = config(HYDRAHARP_V1_T3, Switching::PerPixel, Switching::PerFrame);
+    cfg.start_tick = 40 * 1024 - 5; // an overflow 5 ticks into the raster
+    cfg.frame_gap_ticks = 5000; // several overflow records before one record: cuts among them
+    for max in [1, 2, 3, 97] {
+        cfg.max_records_per_frame = max;
+        let mut em = Emitter::new(cfg.clone()).unwrap();
+        em.set_rates(&rates(&cfg)).unwrap();
+        let end = line_start(&cfg, 2, 3) + 11;
+        let frames = em.emit_until(end).unwrap();
+        let (records, headers) = payload(&frames);
+        let cols = decode_columns(RecordType::HydraHarpV1T3, &records);
+        // The link starts at the base below start_tick, not at 0.
+        let skipped = 39 * 1024;
+        let (mut at, mut base, mut nframes, mut lines) = (0, skipped, 0u64, 0u32);
+        for h in &headers {
+            assert!(h.n_records as usize <= max as usize);
+            assert_eq!(
+                (h.overflow_base, h.frame_markers, h.line_starts),
+                (base, nframes, lines)
+            );
+            assert_eq!(h.sent_tick, end);
+            for i in at..at + h.n_records as usize {
+                if cols.kind[i] == RecordKind::Overflow as u8 {
+                    base = skipped + cols.tick[i];
+                } else if cols.kind[i] == RecordKind::Marker as u8 {
+                    let m = cols.marker[i];
+                    if m & 4 != 0 {
+                        (nframes, lines) = (nframes + 1, 0);
+                    }
+                    lines += u32::from(m & 1);
+                }
+            }
+            at += h.n_records as usize;
+        }
+        assert_eq!(
+            headers.last().unwrap().n_records as usize,
+            records.len() - (at - headers.last().unwrap().n_records as usize)
+        );
+    }
+}
+
+#[test]
+fn an_empty_call_still_sends_a_frame() {
+    let mut cfg = config(MULTIHARP_T3, Switching::PerFrame, Switching::PerFrame);
+    cfg.start_tick = 1000;
+    let mut em = Emitter::new(cfg).unwrap();
+    let frames = em.emit_until(500).unwrap();
+    assert_eq!(frames.len(), 1);
+    assert_eq!(frames[0].len(), crate::link::frame::HEADER_LEN);
+    assert_eq!(em.next_sequence(), 1);
+    assert!(matches!(em.emit_until(499), Err(SimError::Value(_))));
+}
+
+#[test]
+fn bad_configurations_and_rates_are_errors() {
+    let good = config(MULTIHARP_T3, Switching::PerFrame, Switching::PerFrame);
+    let bad: Vec<fn(&mut EmitterConfig)> = vec![
+        |c| c.record_type = 0x0001_0203,
+        |c| c.record_type = 0x1234,
+        |c| c.raster.dwell_ticks = 0,
+        |c| c.raster.markers.frame = 16,
+        |c| c.raster.markers.line_stop = 4,
+        |c| c.raster.polarities[1].channels = vec![0],
+        |c| c.tick_s = f64::NAN,
+        |c| c.dark_rate_hz = -1.0,
+        |c| c.settle_rate_fraction = f64::INFINITY,
+        |c| c.max_records_per_frame = 0,
+        |c| c.fine_fs = Some(0),
+        |c| c.start_tick = u64::MAX - 10,
+        |c| {
+            c.record_type = PICOHARP_T3;
+            c.raster.polarities[1].channels = vec![4];
+        },
+        |c| {
+            c.record_type = HYDRAHARP_V1_T3;
+            c.start_tick = 1 << 40;
+        },
+        |c| {
+            c.record_type = HYDRAHARP_V2_T2;
+            c.fine_fs = Some(5000);
+        },
+    ];
+    for (i, change) in bad.iter().enumerate() {
+        let mut c = good.clone();
+        change(&mut c);
+        assert!(
+            matches!(
+                Emitter::new(c),
+                Err(CoreError::Config(_)) | Err(CoreError::UnknownRecordType(_))
+            ),
+            "case {i}"
+        );
+    }
+    let mut em = Emitter::new(good.clone()).unwrap();
+    let mut r = rates(&good);
+    assert!(em.set_rates(&r[1..]).is_err());
+    for v in [f64::NAN, -1.0, f64::INFINITY, 1e30] {
+        r[17] = v;
+        assert!(matches!(em.set_rates(&r), Err(SimError::Value(_))), "{v}");
+    }
+    assert!(em.truth_cube(5, 0, 0, &mut []).is_err());
+    assert!(em.truth_cube(0, 0, 1, &mut []).is_err());
+}
+
+#[test]
+fn three_polarities_merge_in_time_order() {
+    let mut cfg = config(MULTIHARP_T3, Switching::PerPixel, Switching::PerFrame);
+    cfg.raster
+        .polarities
+        .push(polarity("third", 5, &["X"], Switching::PerFrame, 0));
+    let end = line_start(&cfg, 3, 2);
+    let (em, _) = check_against_core(cfg, end);
+    assert!(em.truth_counters().events > 1000);
+}
+
+#[test]
+fn a_late_start_begins_the_link_at_the_base_below_it() {
+    for (code, start) in [
+        (HYDRAHARP_V2_T2, 1u64 << 62),
+        (MULTIHARP_T3, 987_654_321_000),
+    ] {
+        let mut cfg = config(code, Switching::PerFrame, Switching::PerPixel);
+        cfg.start_tick = start;
+        let period = RecordType::from_code(code).unwrap().overflow_rule().period;
+        let mut em = Emitter::new(cfg.clone()).unwrap();
+        let (_, headers) = payload(&em.emit_until(start).unwrap());
+        assert_eq!(headers[0].overflow_base, start / period * period);
+        check_against_core(cfg.clone(), line_start(&cfg, 4, 1));
+    }
+}
