@@ -335,14 +335,19 @@ class PotentiostatClient:
         self._sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self._reader = FrameReader()
         self._sequence = 0
-        self.samples: list[npt.NDArray[np.void]] = []
+        #: Sample batches with the host time (ns) each arrived at, oldest first.
+        self.batches: list[tuple[int, npt.NDArray[np.void]]] = []
         self.eis_points: list[EisPoint] = []
         self.events: list[Event] = []
         self.replies: deque[Reply] = deque()
-        hello = self._next_frame(timeout_s)
-        if hello.kind != Kind.HELLO:
-            raise LinkError(f"expected HELLO, got kind 0x{hello.kind:02x}")
-        self.hello = Hello.unpack(hello.payload)
+        try:
+            hello = self._next_frame(timeout_s)
+            if hello.kind != Kind.HELLO:
+                raise LinkError(f"expected HELLO, got kind 0x{hello.kind:02x}")
+            self.hello = Hello.unpack(hello.payload)
+        except BaseException:
+            self._sock.close()
+            raise
 
     def close(self) -> None:
         self._sock.close()
@@ -404,15 +409,16 @@ class PotentiostatClient:
             self._dispatch(frame)
 
     def take_samples(self) -> npt.NDArray[np.void]:
-        out = np.concatenate(self.samples) if self.samples else np.empty(0, SAMPLE_DTYPE)
-        self.samples.clear()
-        return out
+        """Every sample received since the last call, in order."""
+        arrays = [b for _, b in self.batches]
+        self.batches.clear()
+        return np.concatenate(arrays) if arrays else np.empty(0, SAMPLE_DTYPE)
 
     def _dispatch(self, frame: Frame) -> None:
         if frame.kind == Kind.REPLY:
             self.replies.append(Reply.unpack(frame.payload))
         elif frame.kind == Kind.SAMPLES:
-            self.samples.append(unpack_samples(frame.payload))
+            self.batches.append((self._arrival_ns, unpack_samples(frame.payload)))
         elif frame.kind == Kind.EIS_POINT:
             self.eis_points.append(EisPoint.unpack(frame.payload))
         elif frame.kind == Kind.EVENT:
@@ -433,5 +439,6 @@ class PotentiostatClient:
                 raise TimeoutError("no frame from the potentiostat in time") from None
             if not data:
                 raise LinkError("the potentiostat closed the connection")
+            self._arrival_ns = time.time_ns()
             self._reader.feed(data)
         return frame
