@@ -39,8 +39,8 @@ class SimsConfig:
     frame_gap_ticks: int = 0
     sputter_rate_nm_per_frame: float = 0.1
     send_interval_s: float = 0.005
-    #: The most device time one send may cover; a sender that fell behind catches up in
-    #: steps of this size so frames keep flowing.
+    #: The most wall time's worth of simulated time one send may cover (× acceleration); a
+    #: sender that fell behind catches up in steps of this size so frames keep flowing.
     max_chunk_s: float = 0.05
     max_records_per_frame: int = 65_536
     record_truth: bool = True
@@ -192,7 +192,9 @@ class SimSims:
     def _emit(self) -> None:
         assert self.emitter is not None
         now_tick = self.clock.ticks_at(self.timebase.now_s())
-        max_chunk = round(self.config.max_chunk_s / self.detector.tick_s)
+        max_chunk = round(
+            self.config.max_chunk_s * self.timebase.acceleration / self.detector.tick_s
+        )
         target = min(now_tick, self._emitted_until + max_chunk)
         if target <= self._emitted_until:
             return
