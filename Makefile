@@ -25,7 +25,7 @@ $(STAMP): $(PY) $(SOURCES)
 	touch $@
 
 demo: install
-	$(VENV)/bin/opsims demo
+	$(VENV)/bin/opsims demo --config config/opsimsd.toml
 
 format:
 	cargo fmt --all

@@ -5,7 +5,8 @@ default)."""
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+import tomllib
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from opsims._native import ConfigError
@@ -75,3 +76,26 @@ class TableReader:
         unknown = sorted(set(self.table) - self.used)
         if unknown:
             raise ConfigError(f"{self.path}: unknown key(s) {', '.join(unknown)}")
+
+
+def apply_overrides(doc: dict[str, Any], overrides: Iterable[str]) -> dict[str, Any]:
+    """Set ``dotted.key=value`` items (value in TOML syntax) on a parsed document, as a
+    command line's ``--set`` does; the result is checked like the file itself."""
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        path = key.strip().split(".")
+        if not sep or not all(path):
+            raise ConfigError(f"--set {item!r}: expected dotted.key=value")
+        try:
+            value = tomllib.loads(f"v = {text.strip()}")["v"]
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError(
+                f"--set {item!r}: the value is not TOML (strings need quotes): {e}"
+            ) from e
+        table = doc
+        for part in path[:-1]:
+            table = table.setdefault(part, {})
+            if not isinstance(table, dict):
+                raise ConfigError(f"--set {item!r}: {part} is not a table")
+        table[path[-1]] = value
+    return doc

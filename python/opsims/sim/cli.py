@@ -23,13 +23,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", type=Path, required=True, help="TOML with [detector], [sim]")
     parser.add_argument("--truth", type=Path, help="write the ground truth here on exit")
     parser.add_argument("--any-port", action="store_true", help="let the system choose ports")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config value, e.g. --set sim.acceleration=60 (TOML syntax)",
+    )
     args = parser.parse_args(argv)
 
     from opsims.sim.config import SimConfig
     from opsims.sim.server import Simulator
 
     try:
-        config = SimConfig.load(args.config)
+        config = SimConfig.load(args.config, args.set)
         if args.any_port:
             config = replace(config, detector_port=0, potentiostat_port=0, control_port=0)
         sim = Simulator(config)
