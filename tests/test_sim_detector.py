@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 import pytest
 from opsims import DetectorConfig, EventCore
 from support.simproc import SimProcess, default_document, merge, run_sim, small_raster
@@ -161,3 +162,59 @@ def test_link_faults_reach_the_core_as_counted_losses(tmp_path: Path) -> None:
     # Nothing was silently lost: every decoded event is binned, rejected or pending.
     assert c["events"] == c["binned"] + c["rejected_total"] + c["pending"]
     assert c["link_gap"] > 0 and c["unknown_channel"] + c["malformed"] > 0
+
+
+FATES = ("binned", "line_settle", "flyback", "mass_settle", "dead_time_lost")
+
+
+def load_events(sim: SimProcess) -> dict[str, npt.NDArray[Any]]:
+    with np.load(sim.truth_dir / "events.npz") as z:
+        return {k: z[k] for k in z.files}
+
+
+def test_detector_clock_jump_is_binned_through_and_the_true_events_are_dumped(
+    tmp_path: Path,
+) -> None:
+    jump = 10**11  # 0.1 s of 1 ps ticks: far beyond the loopback's arrival jitter
+    ov = override(detector={"record_events": True})
+    core = core_for(ov)
+    with run_sim(tmp_path, ov) as sim, Receiver(sim, core) as rx:
+        rx.read_for(1.0)
+        sim.truth()  # a dump mid-run drains the emitter's log; the next must still have it
+        early = load_events(sim)
+        sim.fault("detector", "clock_jump_ticks", jump)
+        rx.read_for(1.5)
+        sim.control("stop")
+        rx.read_to_end()
+        assert sim.stop() == 0
+        doc, cubes, events = sim.truth(), sim.truth_cubes(), load_events(sim)
+    truth = doc["detector"]
+    t = truth["counters"]
+    # The jump is in the truth three ways, and the core's clock model saw it.
+    (logged,) = [f for f in doc["faults"] if f["fault"] == "clock_jump"]
+    assert logged["ticks"] == jump and t["clock_jumps"] == 1
+    assert [j["ticks"] for j in truth["clock"]["jumps"]] == [jump]
+    assert core.clock_state()["jumps"] >= 1
+    # Lines after the jump bin into the right voxels (about a third of the run is after).
+    got = core.counters()
+    core.finish()
+    complete = core.n_slices - 1  # the last frame may have been cut by the stop
+    tick_before = logged["tick_before"]
+    assert (events["tick"] >= tick_before + jump).sum() > 10_000 and complete > 20
+    for name in core.species:
+        np.testing.assert_array_equal(
+            core.cube(name, 0, complete), cubes[name][:complete], err_msg=name
+        )
+    assert got["events"] == t["events"] and core.counters()["lines_bad"] <= 1
+    # The event log: nothing lost between dumps, in the jumped counter after the jump,
+    # and by fate and voxel it is the truth.
+    for k, v in early.items():
+        np.testing.assert_array_equal(events[k][: v.size], v, err_msg=k)
+    assert not ((events["tick"] >= tick_before) & (events["tick"] < tick_before + jump)).any()
+    assert np.bincount(events["fate"], minlength=5).tolist() == [t[k] for k in FATES]
+    live = events["fate"] == 0
+    for i, name in enumerate(core.species):
+        mine = live & (events["species"] == i)
+        cube = np.zeros_like(cubes[name])
+        np.add.at(cube, (events["z"][mine], events["y"][mine], events["x"][mine]), 1)
+        np.testing.assert_array_equal(cube, cubes[name], err_msg=name)

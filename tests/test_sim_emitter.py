@@ -1,7 +1,8 @@
 """The simulated detector front-end (DetectorEmitter) judged three ways: the native core
 fed its link bytes bins exactly its ground truth; the independent numpy oracle of
 tests/support maps its decoded records to the same truth; and its counts have the
-statistics it promises (Poisson, non-paralysable dead time, dark rate, settle rate)."""
+statistics it promises (Poisson, non-paralysable dead time, dark rate, settle rate).
+Its true event log and its clock jumps are held to the same standard."""
 
 from __future__ import annotations
 
@@ -89,15 +90,18 @@ class Setup:
             **self.raster_kwargs(), **args,
         )  # fmt: skip
 
-    def core(self) -> EventCore:
+    def core(self, **kw: Any) -> EventCore:
         # Without stop markers the run's end closes the last line: a tolerance of a whole
         # line accepts it wherever its last record falls.
         tolerance = 0 if self.line_stop else self.line_ticks
         return EventCore(
             self.record_type, TICK_S, self.nx, self.ny, self.dwell, self.polarities(),
             line_tolerance_ticks=tolerance, **self.raster_kwargs(),
-            memory_budget_bytes=1 << 28, budget_policy="refuse",
+            memory_budget_bytes=1 << 28, budget_policy="refuse", **kw,
         )  # fmt: skip
+
+    def line_starts(self, em: DetectorEmitter, frames: int) -> list[int]:
+        return [line_start(em, self, f, y) for f in range(frames) for y in range(self.ny)]
 
     def rates(self, rng: np.random.Generator, scale: float = 1e6) -> npt.NDArray[np.float64]:
         return rng.uniform(0.2, 2.0, (self.n_species, self.ny, self.nx)) * scale
@@ -351,6 +355,133 @@ def test_stream_is_the_same_however_time_is_sliced() -> None:
     assert not np.array_equal(whole, stream([end], seed=12))
 
 
+# --- the true event log and clock jumps -----------------------------------------------
+
+FATES = ("binned", "line_settle", "flyback", "mass_settle", "dead_time_lost")
+EVENT_DTYPES = {
+    "tick": np.uint64, "channel": np.uint8, "species": np.int16, "z": np.uint32,
+    "y": np.uint16, "x": np.uint16, "fate": np.uint8,
+}  # fmt: skip
+
+
+def joined(chunks: list[dict[str, npt.NDArray[Any]]]) -> dict[str, npt.NDArray[Any]]:
+    return {k: np.concatenate([c[k] for c in chunks]) for k in EVENT_DTYPES}
+
+
+def check_log(em: DetectorEmitter, s: Setup, log: dict[str, npt.NDArray[Any]]) -> None:
+    """By fate the log is the truth counters; its in-voxel counts binned are the cubes."""
+    assert {k: v.dtype for k, v in log.items()} == {k: np.dtype(t) for k, t in EVENT_DTYPES.items()}
+    truth = em.truth_counters()
+    assert np.bincount(log["fate"], minlength=5).tolist() == [truth[k] for k in FATES]
+    assert np.all(np.diff(log["tick"].astype(np.int64)) >= 0)
+    live = log["fate"] == 0
+    cube = np.zeros((s.n_species, em.n_slices, s.ny, s.nx), np.uint32)
+    np.add.at(cube, (log["species"][live], log["z"][live], log["y"][live], log["x"][live]), 1)
+    for i, name in enumerate(em.species):
+        np.testing.assert_array_equal(cube[i], em.truth_cube(name), err_msg=name)
+    dark = (log["fate"] == 1) | (log["fate"] == 2)
+    assert (log["species"][dark] == -1).all()
+    assert (log["species"][(log["fate"] == 0) | (log["fate"] == 3)] >= 0).all()
+    assert not (log["z"][~live].any() or log["y"][~live].any() or log["x"][~live].any())
+
+
+def sorted_pairs(tick: npt.NDArray[Any], channel: npt.NDArray[Any]) -> npt.NDArray[np.uint64]:
+    order = np.lexsort((channel, tick))
+    return np.stack([tick[order].astype(np.uint64), channel[order].astype(np.uint64)])
+
+
+def test_event_log_holds_every_count_and_its_sent_ones_are_the_records() -> None:
+    s = Setup(start_tick=20 * 1024 - 3)
+    em = s.emitter(
+        record_events=True, dead_time_ticks=3, dark_rate_hz=4e5, settle_rate_fraction=0.4
+    )
+    em.set_rates(s.rates(np.random.default_rng(2)))
+    frames, chunks = [], []
+    for end in (line_start(em, s, 1, 2) + 5, line_start(em, s, 3, 0), line_start(em, s, 5, 4)):
+        frames += em.emit_until(end)
+        chunks.append(em.take_events())
+    log = joined(chunks)
+    check_log(em, s, log)
+    assert em.truth_counters()["dead_time_lost"] > 0
+    # The sent counts are the event records, tick for tick (decode_records starts at
+    # base 0; the link's base is the first header's).
+    headers, records = payloads(frames)
+    d = decode_records(s.record_type, records)
+    ev = d["kind"] == 0
+    sent = log["fate"] != 4
+    np.testing.assert_array_equal(
+        sorted_pairs(log["tick"][sent], log["channel"][sent]),
+        sorted_pairs(d["tick"][ev] + headers[0][8], d["channel"][ev]),
+    )
+    # Drained: nothing twice, and an empty log keeps its columns.
+    empty = em.take_events()
+    assert {k: (v.dtype, v.size) for k, v in empty.items()} == {
+        k: (np.dtype(t), 0) for k, t in EVENT_DTYPES.items()
+    }
+    with pytest.raises(ValueError, match="record_events"):
+        s.emitter().take_events()
+
+
+@pytest.mark.parametrize("line_stop", [2, 0])
+def test_a_clock_jump_moves_the_later_lines_and_the_core_follows(line_stop: int) -> None:
+    s = Setup(line_stop=line_stop)
+    em = s.emitter(record_events=True, dead_time_ticks=3, dark_rate_hz=4e5)
+    # A short clock window: the model trusts its line after 16 pairs over a few of its
+    # 512 buckets, and this run spans only ms of device time.
+    core = s.core(clock_window_s=0.01)
+    em.set_rates(s.rates(np.random.default_rng(4)))
+    j = 1_000_000  # 80 ms of 80 ns ticks: far beyond any arrival jitter
+    end = line_start(em, s, 9, 0)
+    cuts = np.linspace(s.start_tick, end, 61).astype(np.int64).tolist()[1:]
+    chunks, shift, before = [], 0, 0
+    for i, t in enumerate(cuts):
+        if i == 30:
+            em.jump(j)
+            shift, before = j, cuts[i - 1]
+        for frame in em.emit_until(t + shift):
+            core.feed_link(frame, round(t * TICK_S * 1e9))  # sent at true time, no delay
+        chunks.append(em.take_events())
+    core.finish()
+    log = joined(chunks)
+    check_log(em, s, log)
+    # The next line start not yet generated moved: the first at or after the last call.
+    starts = s.line_starts(em, 10)
+    ((tick_before, ticks),) = em.jumps()
+    assert ticks == j and tick_before == min(x for x in starts if x >= before)
+    assert not ((log["tick"] >= tick_before) & (log["tick"] < tick_before + j)).any()
+    assert (log["tick"] >= tick_before + j).sum() > 1000
+    truth, got = em.truth_counters(), core.counters()
+    assert truth["clock_jumps"] == 1
+    assert core.clock_state()["jumps"] == 1
+    others = [k for k in CORE_KEYS if k not in FATES]
+    assert {k: got[k] for k in others} == {k: truth[k] for k in others}
+    if line_stop:
+        # The jump falls in a flyback and the stop marker closed the line before it.
+        lost = np.zeros(log["tick"].size, dtype=bool)
+        assert got["lines_bad"] == 0
+    else:
+        # Closed only by the jumped line start, the line before the jump is too long.
+        prev = max(x for x in starts if x < tick_before)
+        lost = (log["tick"] >= prev) & (log["tick"] < tick_before) & (log["fate"] != 4)
+        assert got["lines_bad"] == 1 and lost.sum() > 0
+    assert got["bad_line"] == lost.sum()
+    for fate, key in enumerate(FATES[:4]):
+        assert got[key] == truth[key] - (lost & (log["fate"] == fate)).sum(), key
+    kept = (log["fate"] == 0) & ~lost
+    want = np.zeros((s.n_species, em.n_slices, s.ny, s.nx), np.uint32)
+    np.add.at(want, (log["species"][kept], log["z"][kept], log["y"][kept], log["x"][kept]), 1)
+    for i, name in enumerate(em.species):
+        np.testing.assert_array_equal(core.cube(name), want[i][: core.n_slices], err_msg=name)
+
+
+@pytest.mark.parametrize("ticks", [0, -5])
+def test_a_jump_must_go_forward(ticks: int) -> None:
+    em = Setup().emitter()
+    with pytest.raises(ValueError, match="> 0"):
+        em.jump(ticks)
+    assert em.jumps() == [] and em.truth_counters()["clock_jumps"] == 0
+
+
 # --- statistics ----------------------------------------------------------------------
 
 
@@ -493,7 +624,7 @@ def test_bad_configuration_is_a_config_error(change: dict[str, Any]) -> None:
         {"dark_rate_hz": -1.0},
         {"settle_rate_fraction": float("nan")},
         {"max_records_per_frame": 0},
-        {"t3_sync_fs": 0},
+        {"t3_fine_fs": 0},
         {"start_tick": 2**64 - 5},
     ],
 )
@@ -506,6 +637,6 @@ def test_bad_record_type_fine_bin_or_channel() -> None:
     with pytest.raises(RecordFormatError):
         Setup(record_type=0x1234).emitter()
     with pytest.raises(ConfigError, match="only for T3"):
-        Setup(record_type=REC_HYDRAHARP2_T2).emitter(t3_sync_fs=5000)
+        Setup(record_type=REC_HYDRAHARP2_T2).emitter(t3_fine_fs=5000)
     with pytest.raises(ConfigError, match="channel"):
         DetectorEmitter(REC_PICOHARP_T3, TICK_S, 4, 4, 10, [("p", [4], ["Na+"], "per_frame", 0)])

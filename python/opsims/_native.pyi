@@ -284,14 +284,15 @@ class DetectorEmitter:
     starts just below ``start_tick``, as for a time tagger that has run for a while: the
     first header's overflow base stands for the wraps before it.
 
-    ``t3_sync_fs`` (T3 only) is the fine-time bin of ``dtime`` in femtoseconds, sent as
+    ``t3_fine_fs`` (T3 only) is the fine-time bin of ``dtime`` in femtoseconds, sent as
     the header's ``fine_fs``; dtimes are uniform over one sync period (``tick_s``). The
     default spreads one sync period over the whole dtime field. ``seed`` fixes every draw:
     the same seed, rates and calls give the same bytes, however time is sliced into
-    :meth:`emit_until` calls. Raises :class:`ConfigError` for an inconsistent
-    configuration (as :class:`EventCore` does, plus: fixed dwell only, marker masks within
-    4 bits, each polarity's first channel valid for the record type, no PicoHarp T2, whose
-    markers cannot sit on exact ticks).
+    :meth:`emit_until` calls. ``record_events`` logs every generated count for
+    :meth:`take_events`. Raises :class:`ConfigError` for an inconsistent configuration (as
+    :class:`EventCore` does, plus: fixed dwell only, marker masks within 4 bits, each
+    polarity's first channel valid for the record type, no PicoHarp T2, whose markers
+    cannot sit on exact ticks; with ``record_events``, ``nx`` and ``ny`` at most 65536).
     """
 
     def __new__(
@@ -318,8 +319,9 @@ class DetectorEmitter:
         start_tick: int = 0,
         seed: int = 0,
         record_truth: bool = False,
+        record_events: bool = False,
         max_records_per_frame: int = 65536,
-        t3_sync_fs: int | None = None,
+        t3_fine_fs: int | None = None,
     ) -> Self: ...
     def set_rates(self, rates: npt.ArrayLike) -> None:
         """Count rates ``[n_species, ny, nx]`` in counts/s (converted to float64), used
@@ -332,6 +334,24 @@ class DetectorEmitter:
         nothing to send, so the receiver still gets a clock pair). Sequence numbers run
         on from 0; every frame of the call has ``sent_tick = tick``. ValueError if
         ``tick`` is below the previous call's. The GIL is released while generating."""
+    def jump(self, ticks: int) -> None:
+        """The device counter jumps forward by ``ticks`` at the next line start not yet
+        generated: that line and every later record, marker and :meth:`emit_until`
+        argument are in the jumped counter. The jump falls at the end of a flyback, so with
+        line-stop markers no line is lost; the next frame header carries the new time base
+        (no overflow records for the jumped span). ValueError unless ``ticks > 0`` and the
+        counter stays within 64 bits."""
+    def jumps(self) -> list[tuple[int, int]]:
+        """``(tick_before, ticks)`` of every jump: the line start it moved, in the
+        counter before the jump, and the ticks added."""
+    def take_events(self) -> dict[str, npt.NDArray[Any]]:
+        """Drain the true event log: every count emitted (or lost to dead time) since
+        the last call, in time order. ``tick`` (uint64, unwrapped device tick),
+        ``channel`` (uint8), ``species`` (int16 global index; -1 for dark counts), ``z``,
+        ``y``, ``x`` (uint32, uint16, uint16; the voxel of an in-voxel count, else 0) and
+        ``fate`` (uint8: 0 in voxel, 1 line settle, 2 flyback or frame gap, 3 mass
+        settle, 4 lost to dead time and not sent). ValueError unless created with
+        ``record_events=True``."""
     @property
     def next_sequence(self) -> int:
         """Sequence number of the next frame."""
@@ -352,7 +372,7 @@ class DetectorEmitter:
         ``line_settle``, ``flyback``, ``mass_settle``, ``markers``, ``frame_markers``,
         ``line_starts``, ``line_stops``, ``mass_switches``, ``overflow_records``,
         ``wraps``, ``records``, ``link_frames``; and ``dead_time_lost``, ``frames``,
-        ``lines`` (begun)."""
+        ``lines`` (begun), ``clock_jumps``."""
     def truth_cube(
         self, species: str | int, z_start: int = 0, z_stop: int | None = None
     ) -> npt.NDArray[np.uint32]:

@@ -32,6 +32,9 @@ class DetectorFaults:
     truncate_frames: int = 0
     stall_s: float = 0.0
     disconnect: int = 0
+    #: The front-end's counter jumps forward by this many ticks (once), from the next
+    #: raster line on. Forward only: the TTTR time base cannot go back.
+    clock_jump_ticks: int = field(default=0, metadata={"minimum": 0, "maximum": 1 << 62})
 
 
 @dataclass
@@ -106,6 +109,9 @@ def _read(kind: type[Any], table: Mapping[str, Any], path: str, *, partial: bool
             continue
         expected: Any = (int, float) if isinstance(default, float) else type(default)
         value = r.get(f.name, expected, default)
+        low, high = f.metadata.get("minimum"), f.metadata.get("maximum")
+        if (low is not None and value < low) or (high is not None and value > high):
+            raise r.error(f.name, f"must be within {low}..{high}, got {value}")
         if isinstance(default, float):
             value = float(value)
             if f.name.endswith("probability") and not 0.0 <= value <= 1.0:

@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from opsims._native import ConfigError
 from opsims.sim.cell import Cell
 from opsims.sim.config import SimConfig
 from opsims.sim.faults import Faults
@@ -149,7 +150,7 @@ class Simulator:
             if cmd == "stop":
                 self.stop_event.set()
                 return {"ok": True}
-        except (ValueError, TypeError, OSError) as e:
+        except (ConfigError, ValueError, TypeError, OSError) as e:
             return {"ok": False, "error": f"{cmd}: {e}"}
         return {"ok": False, "error": f"unknown command {cmd!r}"}
 
@@ -182,7 +183,8 @@ class Simulator:
     def dump_truth(self, directory: Path) -> list[Path]:
         """Write what really happened: ``truth.json`` (clocks, cell, sweeps, faults,
         detector counters), ``samples.npz`` (every potentiostat sample) and, when the
-        emitter records it, ``cubes.npz`` (true counts per species and voxel)."""
+        emitter records them, ``cubes.npz`` (true counts per species and voxel) and
+        ``events.npz`` (every generated count: ``DetectorEmitter.take_events`` columns)."""
         directory.mkdir(parents=True, exist_ok=True)
         pot, sims = self.potentiostat, self.sims
         with pot.lock:
@@ -225,12 +227,16 @@ class Simulator:
                 if emitter is not None and self.config.sims.record_truth
                 else None
             )
+            events = sims.events_so_far()
         files = [directory / "truth.json", directory / "samples.npz"]
         files[0].write_text(json.dumps(doc, indent=1))
         np.savez(files[1], allow_pickle=False, **samples)
         if cubes is not None:
             files.append(directory / "cubes.npz")
             np.savez_compressed(files[2], allow_pickle=False, **cubes)
+        if events is not None:
+            files.append(directory / "events.npz")
+            np.savez(files[-1], allow_pickle=False, **events)  # large: not compressed
         return files
 
 

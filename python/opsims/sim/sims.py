@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
 from opsims._native import DetectorEmitter
 from opsims.config_table import TableReader
@@ -39,11 +40,13 @@ class SimsConfig:
     frame_gap_ticks: int = 0
     sputter_rate_nm_per_frame: float = 0.1
     send_interval_s: float = 0.005
-    #: The most wall time's worth of simulated time one send may cover (× acceleration); a
+    #: The most wall time's worth of simulated time one send may cover (times the acceleration); a
     #: sender that fell behind catches up in steps of this size so frames keep flowing.
     max_chunk_s: float = 0.05
     max_records_per_frame: int = 65_536
     record_truth: bool = True
+    #: Log every generated count (tick, channel, species, voxel, fate) for the truth dump.
+    record_events: bool = False
 
     @classmethod
     def from_mapping(cls, table: Mapping[str, Any], path: str = "sim.detector") -> SimsConfig:
@@ -67,6 +70,7 @@ class SimsConfig:
             max_chunk_s=r.get_float("max_chunk_s", d.max_chunk_s, minimum=1e-4, maximum=10.0),
             max_records_per_frame=r.get("max_records_per_frame", int, d.max_records_per_frame),
             record_truth=r.get("record_truth", bool, d.record_truth),
+            record_events=r.get("record_events", bool, d.record_events),
         )
         r.reject_unknown()
         if config.start_tick >= 1 << 62:
@@ -112,6 +116,8 @@ class SimSims:
         self._client: socket.socket | None = None
         self._frame_index = -1
         self._emitted_until = 0
+        #: Event-log chunks drained from the emitter, kept so every dump has them all.
+        self._events: list[dict[str, npt.NDArray[Any]]] = []
 
     def serve(self, listener: socket.socket, stop: threading.Event) -> None:
         listener.settimeout(self.config.send_interval_s)
@@ -172,6 +178,7 @@ class SimSims:
             start_tick=start_tick,
             seed=self.seed,
             record_truth=c.record_truth,
+            record_events=c.record_events,
             max_records_per_frame=c.max_records_per_frame,
         )
         self.truth.start_true_s = now
@@ -191,6 +198,7 @@ class SimSims:
 
     def _emit(self) -> None:
         assert self.emitter is not None
+        self._apply_clock_jump()
         now_tick = self.clock.ticks_at(self.timebase.now_s())
         max_chunk = round(
             self.config.max_chunk_s * self.timebase.acceleration / self.detector.tick_s
@@ -238,6 +246,35 @@ class SimSims:
             return
         self.truth.frames_sent += 1
         self.truth.bytes_sent += len(frame)
+
+    def _apply_clock_jump(self) -> None:
+        ticks = self.faults.take_value("detector", "clock_jump_ticks")
+        if not ticks:
+            return
+        assert self.emitter is not None
+        now = self.timebase.now_s()
+        with self.lock:
+            try:
+                self.emitter.jump(ticks)
+            except ValueError as e:  # the counter would pass 64 bits
+                self.faults.log.add(now, "detector", "clock_jump_refused", error=str(e))
+                return
+            self.clock.jump(now, ticks)
+            # The emitter jumps at its next line start; the emitted span moves with it.
+            self._emitted_until += ticks
+            tick_before = self.emitter.jumps()[-1][0]
+        self.faults.log.add(now, "detector", "clock_jump", ticks=ticks, tick_before=tick_before)
+
+    def events_so_far(self) -> dict[str, npt.NDArray[Any]] | None:
+        """Every count the emitter generated (``DetectorEmitter.take_events`` columns),
+        or None unless ``record_events``. Call with :attr:`lock` held."""
+        if self.emitter is None or not self.config.record_events:
+            return None
+        self._events.append(self.emitter.take_events())
+        # One chunk from now on: the next call only joins what came since.
+        joined = {k: np.concatenate([c[k] for c in self._events]) for k in self._events[0]}
+        self._events = [joined]
+        return joined
 
     def _apply_link_faults(self) -> None:
         now = self.timebase.now_s()

@@ -38,8 +38,8 @@ impl DetectorEmitter {
         frames_per_slice = 1, frame_marker = 4, line_start_marker = 1,
         line_stop_marker = 2, mass_switch_marker = 0, frame_marker_at = "start",
         dead_time_ticks = 0, dark_rate_hz = 0.0, settle_rate_fraction = 0.0,
-        start_tick = 0, seed = 0, record_truth = false, max_records_per_frame = 65536,
-        t3_sync_fs = None,
+        start_tick = 0, seed = 0, record_truth = false, record_events = false,
+        max_records_per_frame = 65536, t3_fine_fs = None,
     ))]
     #[allow(clippy::too_many_arguments)]
     fn new(
@@ -64,8 +64,9 @@ impl DetectorEmitter {
         start_tick: u64,
         seed: u64,
         record_truth: bool,
+        record_events: bool,
         max_records_per_frame: u32,
-        t3_sync_fs: Option<u64>,
+        t3_fine_fs: Option<u64>,
     ) -> PyResult<Self> {
         let polarities = raster_args::polarities(polarities).map_err(to_py)?;
         let frame_marker_at = raster_args::frame_marker_at(frame_marker_at).map_err(to_py)?;
@@ -96,8 +97,9 @@ impl DetectorEmitter {
             start_tick,
             seed,
             record_truth,
+            record_events,
             max_records_per_frame,
-            fine_fs: t3_sync_fs,
+            fine_fs: t3_fine_fs,
         };
         Ok(DetectorEmitter {
             emitter: Emitter::new(cfg).map_err(to_py)?,
@@ -136,6 +138,37 @@ impl DetectorEmitter {
         let emitter = &mut self.emitter;
         let frames = py.detach(|| emitter.emit_until(tick)).map_err(sim_err)?;
         PyList::new(py, frames.iter().map(|f| PyBytes::new(py, f)))
+    }
+
+    /// The device counter jumps forward by `ticks` from the next line start on.
+    fn jump(&mut self, ticks: i128) -> PyResult<()> {
+        if ticks <= 0 {
+            return Err(PyValueError::new_err(format!(
+                "jump: ticks must be > 0, got {ticks}"
+            )));
+        }
+        let ticks = u64::try_from(ticks)
+            .map_err(|_| PyValueError::new_err(format!("jump: {ticks} ticks exceed 64 bits")))?;
+        self.emitter.jump(ticks).map_err(sim_err)
+    }
+
+    /// `(tick_before, ticks)` of every jump so far.
+    fn jumps(&self) -> Vec<(u64, u64)> {
+        self.emitter.jumps().to_vec()
+    }
+
+    /// Drain the true event log into numpy arrays (moved, not copied).
+    fn take_events<'py>(&mut self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let log = self.emitter.take_events().map_err(sim_err)?;
+        let d = PyDict::new(py);
+        d.set_item("tick", log.tick.into_pyarray(py))?;
+        d.set_item("channel", log.channel.into_pyarray(py))?;
+        d.set_item("species", log.species.into_pyarray(py))?;
+        d.set_item("z", log.z.into_pyarray(py))?;
+        d.set_item("y", log.y.into_pyarray(py))?;
+        d.set_item("x", log.x.into_pyarray(py))?;
+        d.set_item("fate", log.fate.into_pyarray(py))?;
+        Ok(d)
     }
 
     #[getter]

@@ -17,6 +17,16 @@ impl Encoder {
         Encoder { kind, base: 0 }
     }
 
+    /// An encoder whose time base already stands at `overflow_base`, as for a time tagger
+    /// whose counter ran before the link began: the overflows up to it are not written
+    /// (the link header carries the base). Callers pass a whole number of wrap periods.
+    pub fn starting_at(kind: RecordType, overflow_base: u64) -> Self {
+        Encoder {
+            kind,
+            base: overflow_base,
+        }
+    }
+
     /// Ticks already added by overflow records: what a live-link frame header carries.
     pub fn overflow_base(&self) -> u64 {
         self.base
@@ -139,6 +149,28 @@ mod tests {
                 })
                 .collect();
             assert_eq!(got, expected, "{kind:?}");
+        }
+    }
+
+    #[test]
+    fn starting_at_a_base_writes_what_an_encoder_that_reached_it_writes() {
+        for kind in RecordType::ALL {
+            let period = kind.overflow_rule().period;
+            let base = 37 * period;
+            // The old way to get there: a throwaway record just past the base.
+            let mut reached = Encoder::new(kind);
+            reached.marker(base + 3, 1, &mut Vec::new()).unwrap();
+            assert_eq!(reached.overflow_base(), base, "{kind:?}");
+            let mut started = Encoder::starting_at(kind, base);
+            assert_eq!(started.overflow_base(), base);
+            let (mut a, mut b) = (Vec::new(), Vec::new());
+            for i in 0..50u64 {
+                let tick = base + 5 + i * (period / 3 + 1);
+                reached.event(tick, 1, 7, &mut a).unwrap();
+                started.event(tick, 1, 7, &mut b).unwrap();
+            }
+            assert_eq!(a, b, "{kind:?}");
+            assert!(started.event(base - 1, 0, 0, &mut b).is_err());
         }
     }
 

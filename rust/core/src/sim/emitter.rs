@@ -4,121 +4,19 @@
 //! to the requested tick; the rest of the line waits for the next call, so the stream
 //! does not depend on how the caller slices time.
 
-use rand::{RngCore, SeedableRng};
-use rand_distr::{Distribution, Exp1};
+use rand::SeedableRng;
 use rand_xoshiro::Xoshiro256PlusPlus;
 
+use super::events::{fate, EventLog};
+use super::line::{
+    merge, push_marker, Draw, Entry, Pol, FLYBACK, LINE_SETTLE, LIVE, LOST, MARKER, MASS_SETTLE,
+};
 use super::writer::LinkWriter;
 use super::{EmitterConfig, SimError, TruthCounters, MAX_COUNTS_PER_LINE};
 use crate::error::Result;
 use crate::link::frame::FrameHeader;
 use crate::link::tttr::RecordType;
 use crate::raster::{FrameMarkerAt, MarkerMasks, Switching};
-
-// What an entry of the generated line is; the first four are the core's verdicts.
-const LIVE: u8 = 0;
-const LINE_SETTLE: u8 = 1;
-const FLYBACK: u8 = 2;
-const MASS_SETTLE: u8 = 3;
-const LOST: u8 = 4;
-const MARKER: u8 = 5;
-
-/// A record-to-be. Events carry their species (a polarity's first species for dark
-/// counts), which names the channel; a marker carries its mask in `x`.
-#[derive(Debug, Clone, Copy)]
-struct Entry {
-    tick: u64,
-    x: u32,
-    dtime: u16,
-    species: u8,
-    kind: u8,
-}
-
-#[derive(Debug)]
-struct Pol {
-    base: usize,
-    n: u64,
-    per_pixel: bool,
-    settle: u64,
-    /// Per-pixel switching: part k covers pixel offsets `bounds[k]..bounds[k + 1]`.
-    bounds: Vec<u64>,
-    /// Counts before this tick fall in the dead time of the last recorded one.
-    next_free: u64,
-    events: Vec<Entry>,
-}
-
-/// Random draws for one line.
-struct Draw<'a> {
-    rng: &'a mut Xoshiro256PlusPlus,
-    dtime_bins: u64,
-    dead_time: u64,
-}
-
-impl Draw<'_> {
-    #[inline(always)]
-    fn exp(&mut self) -> f64 {
-        Distribution::<f64>::sample(&Exp1, self.rng)
-    }
-
-    /// Counts of a Poisson process of `rate` per tick over `[a, a + len)`, appended in
-    /// time order. Exponential gaps give exactly a Poisson(rate·len) count at uniform
-    /// times, already sorted, for one ziggurat draw per count.
-    #[inline(always)]
-    fn run(
-        &mut self,
-        a: u64,
-        len: u64,
-        rate: f64,
-        tag: Entry,
-        next_free: &mut u64,
-        out: &mut Vec<Entry>,
-    ) {
-        if rate <= 0.0 || len == 0 {
-            return;
-        }
-        let (inv, end) = (1.0 / rate, len as f64);
-        let mut off = self.exp() * inv;
-        while off < end {
-            let dt = off as u64;
-            if dt >= len {
-                break; // `len as f64` rounded up (a gap beyond 2^53 ticks)
-            }
-            let tick = a + dt;
-            if tick >= *next_free {
-                // Non-paralysable: only a recorded count starts a dead time.
-                *next_free = tick.saturating_add(self.dead_time);
-                // Multiply-shift: bias below bins / 2^64, far under any test's reach.
-                let dtime = if self.dtime_bins > 1 {
-                    ((u128::from(self.rng.next_u64()) * u128::from(self.dtime_bins)) >> 64) as u16
-                } else {
-                    0
-                };
-                out.push(Entry { tick, dtime, ..tag });
-            } else {
-                out.push(Entry {
-                    tick,
-                    kind: LOST,
-                    ..tag
-                });
-            }
-            off += self.exp() * inv;
-        }
-    }
-}
-
-fn push_marker(markers: &mut Vec<Entry>, tick: u64, mask: u8) {
-    match markers.last_mut() {
-        // Simultaneous markers are one record with several bits, as the hardware writes.
-        Some(m) if m.tick == tick => m.x |= u32::from(mask),
-        _ => markers.push(Entry {
-            tick,
-            x: u32::from(mask),
-            dtime: 0,
-            species: 0,
-            kind: MARKER,
-        }),
-    }
-}
 
 /// The simulated detector front-end (module doc); `DetectorEmitter` in Python.
 pub struct Emitter {
@@ -149,10 +47,16 @@ pub struct Emitter {
     scratch: [Vec<Entry>; 2],
     line: Vec<Entry>,
     pos: usize,
-    /// The generated line: frame, y, and its row offset in a truth cube.
-    cur: (u64, u32, usize),
+    /// The generated line: frame, y, its row offset in a truth cube, and its slice.
+    cur: (u64, u32, usize, u32),
     writer: LinkWriter,
     truth: TruthCounters,
+    /// Every count with its fate, when `record_events`; drained by `take_events`.
+    log: Option<EventLog>,
+    /// (tick the counter jumped from, ticks jumped), in order.
+    jumps: Vec<(u64, u64)>,
+    /// A jump waits for the next line start to move the link's time base.
+    rebase: bool,
     cubes: Vec<Vec<u32>>,
     n_slices: usize,
     last_until: u64,
@@ -215,7 +119,7 @@ impl Emitter {
         };
         let n_cells = channel_of.len() * (r.ny as usize) * (r.nx as usize);
         let mut writer = LinkWriter::new(kind, template, cfg.max_records_per_frame as usize);
-        writer.skip_to(cfg.start_tick)?;
+        writer.skip_to(cfg.start_tick);
         Ok(Emitter {
             masks: r.markers,
             end_markers: r.frame_marker_at == FrameMarkerAt::End,
@@ -240,9 +144,12 @@ impl Emitter {
             scratch: [Vec::new(), Vec::new()],
             line: Vec::new(),
             pos: 0,
-            cur: (0, 0, 0),
+            cur: (0, 0, 0, 0),
             writer,
             truth: TruthCounters::default(),
+            log: cfg.record_events.then(EventLog::default),
+            jumps: Vec::new(),
+            rebase: false,
             n_slices: 0,
             last_until: 0,
             last_tick: 0,
@@ -359,12 +266,66 @@ impl Emitter {
         Ok(())
     }
 
+    /// The device counter jumps forward by `ticks` at the next line start not yet
+    /// generated: that line and everything after it (records, markers, the caller's
+    /// `emit_until` ticks) are in the jumped counter. The jump falls at the end of a
+    /// flyback, so with line-stop markers no line is lost. The link's time base follows
+    /// in the next frame's header, without overflow records for the jumped span.
+    pub fn jump(&mut self, ticks: u64) -> std::result::Result<(), SimError> {
+        if ticks == 0 {
+            return Err(SimError::Value("jump: ticks must be > 0".into()));
+        }
+        let Some(t0) = self.next_t0 else {
+            return Err(SimError::Value("jump: the device tick has run out".into()));
+        };
+        let to = t0.checked_add(ticks).ok_or_else(|| {
+            SimError::Value(format!("jump: {ticks} ticks from {t0} overflows the tick"))
+        })?;
+        if self.carry != 0 {
+            // The stop of the line before belongs at the old tick, not with the next
+            // line's start: the line would look too long. Still in time order, as the
+            // line's entries end before t0.
+            self.line.push(Entry {
+                tick: t0,
+                x: u32::from(std::mem::take(&mut self.carry)),
+                dtime: 0,
+                species: 0,
+                kind: MARKER,
+            });
+        }
+        self.jumps.push((t0, ticks));
+        self.truth.clock_jumps += 1;
+        self.next_t0 = Some(to);
+        self.rebase = true;
+        Ok(())
+    }
+
+    /// Every jump so far: (tick the counter jumped from, ticks jumped).
+    pub fn jumps(&self) -> &[(u64, u64)] {
+        &self.jumps
+    }
+
+    /// The counts emitted (or lost to dead time) since the last call, in time order.
+    pub fn take_events(&mut self) -> std::result::Result<EventLog, SimError> {
+        match &mut self.log {
+            Some(log) => Ok(std::mem::take(log)),
+            None => Err(SimError::Value(
+                "events are not logged: create the emitter with record_events=True".into(),
+            )),
+        }
+    }
+
     /// Write the generated line's records below `until`; true when the line is done.
     fn emit_line(&mut self, until: u64) -> Result<bool> {
         let m = self.masks;
-        let (frame, y, row) = self.cur;
+        let (frame, y, row, z) = self.cur;
         let keep = self.cfg.record_truth;
         let t = &mut self.truth;
+        // Dark counts carry their polarity's first species: the log says -1.
+        let species = |kind: u8, s: u8| match kind & !LOST {
+            LINE_SETTLE | FLYBACK => -1,
+            _ => i16::from(s),
+        };
         while let Some(&e) = self.line.get(self.pos) {
             if e.tick >= until {
                 return Ok(false);
@@ -386,10 +347,18 @@ impl Emitter {
                         self.at = (frame, y);
                     }
                 }
-                LOST => t.dead_time_lost += 1,
+                kind if kind & LOST != 0 => {
+                    t.dead_time_lost += 1;
+                    if let Some(log) = &mut self.log {
+                        let ch = self.channel_of[e.species as usize];
+                        let s = species(kind, e.species);
+                        log.push(e.tick, ch, s, (0, 0, 0), fate::DEAD_TIME_LOST);
+                    }
+                }
                 kind => {
                     let s = e.species as usize;
-                    self.writer.event(e.tick, self.channel_of[s], e.dtime)?;
+                    let ch = self.channel_of[s];
+                    self.writer.event(e.tick, ch, e.dtime)?;
                     self.last_tick = e.tick;
                     t.events += 1;
                     match kind {
@@ -403,6 +372,15 @@ impl Emitter {
                         LINE_SETTLE => t.line_settle += 1,
                         FLYBACK => t.flyback += 1,
                         _ => t.mass_settle += 1,
+                    }
+                    if let Some(log) = &mut self.log {
+                        // The validation bounds nx and ny to u16 indices when logging.
+                        let at = if kind == LIVE {
+                            (z, y as u16, e.x as u16)
+                        } else {
+                            (0, 0, 0)
+                        };
+                        log.push(e.tick, ch, species(kind, e.species), at, kind);
                     }
                 }
             }
@@ -432,6 +410,9 @@ impl Emitter {
         if let Some(r) = self.next_rates.take() {
             self.rates = r;
         }
+        if std::mem::take(&mut self.rebase) {
+            self.writer.skip_to(t0);
+        }
         if y == 0 {
             self.frame_start = t0;
         }
@@ -451,7 +432,8 @@ impl Emitter {
                 }
             }
         }
-        self.cur = (frame, y, (z * ny + y as usize) * nx);
+        let z_log = u32::try_from(z).unwrap_or(u32::MAX);
+        self.cur = (frame, y, (z * ny + y as usize) * nx, z_log);
         self.next_at = if last_line {
             (frame + 1, 0)
         } else {
@@ -572,40 +554,4 @@ impl Emitter {
             );
         }
     }
-}
-
-/// Merge the markers and every polarity's events by tick; at equal ticks markers come
-/// first (an event on a line start belongs to the new line), then polarities in order.
-fn merge(line: &mut Vec<Entry>, markers: &[Entry], pols: &[Pol], scratch: &mut [Vec<Entry>; 2]) {
-    let [events, spare] = scratch;
-    match pols {
-        [] => merge2(markers, &[], line),
-        [p] => merge2(markers, &p.events, line),
-        [p, q, rest @ ..] => {
-            merge2(&p.events, &q.events, events);
-            for r in rest {
-                merge2(events, &r.events, spare);
-                std::mem::swap(events, spare);
-            }
-            merge2(markers, events, line);
-        }
-    }
-}
-
-/// Two sorted runs into `out`; on equal ticks `a` goes first.
-fn merge2(a: &[Entry], b: &[Entry], out: &mut Vec<Entry>) {
-    out.clear();
-    out.reserve(a.len() + b.len());
-    let (mut i, mut j) = (0, 0);
-    while let (Some(x), Some(y)) = (a.get(i), b.get(j)) {
-        if y.tick < x.tick {
-            out.push(*y);
-            j += 1;
-        } else {
-            out.push(*x);
-            i += 1;
-        }
-    }
-    out.extend_from_slice(&a[i..]);
-    out.extend_from_slice(&b[j..]);
 }

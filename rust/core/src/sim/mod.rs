@@ -12,11 +12,14 @@ use crate::link::tttr::RecordType;
 use crate::raster::{RasterConfig, Switching};
 
 mod emitter;
+mod events;
+mod line;
 #[cfg(test)]
 mod tests;
 mod writer;
 
 pub use emitter::Emitter;
+pub use events::{fate, EventLog};
 
 /// Everything the emitter needs besides the rates.
 #[derive(Debug, Clone, PartialEq)]
@@ -41,15 +44,15 @@ pub struct EmitterConfig {
     pub seed: u64,
     /// Keep the true counts per voxel (the counters are always kept).
     pub record_truth: bool,
+    /// Log every generated count with its fate (`EventLog`), sent or not.
+    pub record_events: bool,
     pub max_records_per_frame: u32,
     /// T3 fine-time bin in fs (the header's `fine_fs`); None: one sync period spread over
     /// the whole dtime field. Must be None for T2.
     pub fine_fs: Option<u64>,
 }
 
-/// Bounds on the work of starting late (overflow records skipped to reach `start_tick`,
-/// about 0.1 s) and on what one line can allocate (counts expected per species).
-const MAX_LEAD_OVERFLOWS: u64 = 1 << 26;
+/// Bound on what one line can allocate (counts expected per species).
 pub(crate) const MAX_COUNTS_PER_LINE: f64 = (1u64 << 24) as f64;
 
 /// An error of the emitter: a bad configuration (the core's error), or a bad argument to
@@ -122,7 +125,7 @@ impl EmitterConfig {
         }
         match (kind.is_t3(), self.fine_fs) {
             (false, Some(f)) if f != 0 => {
-                return err("sim: a fine-time bin (t3_sync_fs) is only for T3 records".into())
+                return err("sim: a fine-time bin (t3_fine_fs) is only for T3 records".into())
             }
             (true, Some(0)) => return err("sim: the T3 fine-time bin must be > 0 fs".into()),
             _ => {}
@@ -133,19 +136,11 @@ impl EmitterConfig {
         if frame_end.is_none_or(|t| t > u128::from(u64::MAX)) {
             return err("sim: start_tick plus one frame period overflows the tick".into());
         }
-        let rule = kind.overflow_rule();
-        let per_record = if rule.counted {
-            (1u64 << kind.time_bits()) - 1
-        } else {
-            1
-        };
-        let lead = self.start_tick / rule.period / per_record;
-        if lead > MAX_LEAD_OVERFLOWS {
+        // The event log's pixel columns are u16.
+        if self.record_events && r.nx.max(r.ny) > 1 << 16 {
             return err(format!(
-                "sim.start_tick = {} is {lead} overflow records into the {} time base; \
-                 at most {MAX_LEAD_OVERFLOWS} are supported",
-                self.start_tick,
-                kind.name()
+                "sim: record_events needs nx and ny <= 65536, got {} x {}",
+                r.nx, r.ny
             ));
         }
         let dark = self.dark_rate_hz * self.tick_s;
@@ -237,4 +232,6 @@ truth_counters! {
     lines,
     overflow_records,
     wraps,
+    /// Jumps of the device counter (`Emitter::jump`).
+    clock_jumps,
 }

@@ -6,7 +6,7 @@ use crate::counters::{Counters, Reject};
 use crate::cube::BudgetPolicy;
 use crate::engine::{Engine, EngineConfig};
 use crate::link::frame::{Assembler, Item};
-use crate::link::tttr::{decode_columns, RecordKind};
+use crate::link::tttr::{decode_columns, Decoder, RecordKind, RecordSink};
 use crate::raster::{FrameMarkerAt, MarkerMasks, Polarity};
 
 const MULTIHARP_T3: u32 = 0x0001_0307;
@@ -55,6 +55,7 @@ fn config(record_type: u32, pos: Switching, neg: Switching) -> EmitterConfig {
         start_tick: 0,
         seed: 7,
         record_truth: true,
+        record_events: true,
         max_records_per_frame: 97,
         fine_fs: None,
     }
@@ -68,7 +69,7 @@ fn rates(cfg: &EmitterConfig) -> Vec<f64> {
         .collect()
 }
 
-fn engine_for(cfg: &EmitterConfig) -> Engine {
+fn engine_for(cfg: &EmitterConfig, clock_window_s: f64) -> Engine {
     let mut raster = cfg.raster.clone();
     if raster.markers.line_stop == 0 {
         // Lets the end of the run close the last line whatever its last record.
@@ -81,25 +82,62 @@ fn engine_for(cfg: &EmitterConfig) -> Engine {
         raster,
         memory_budget_bytes: 1 << 30,
         budget_policy: BudgetPolicy::Refuse,
-        clock_window_s: 30.0,
+        clock_window_s,
     })
     .unwrap()
 }
 
+fn append(log: &mut EventLog, mut more: EventLog) {
+    log.tick.append(&mut more.tick);
+    log.channel.append(&mut more.channel);
+    log.species.append(&mut more.species);
+    log.z.append(&mut more.z);
+    log.y.append(&mut more.y);
+    log.x.append(&mut more.x);
+    log.fate.append(&mut more.fate);
+}
+
 /// Emit up to `end` in uneven steps, feed every frame to a core, and compare.
 fn check_against_core(cfg: EmitterConfig, end: u64) -> (Emitter, Counters) {
+    let (em, engine, _) = run_against_core(cfg, end, None);
+    (em, engine.counters())
+}
+
+/// As `check_against_core`; `end` and `jump = (at, ticks)` are true ticks: once the
+/// run passes `at` the counter jumps, and later calls are in the jumped counter. Frames
+/// arrive at the host without delay.
+fn run_against_core(
+    cfg: EmitterConfig,
+    end: u64,
+    jump: Option<(u64, u64)>,
+) -> (Emitter, Engine, EventLog) {
     let mut em = Emitter::new(cfg.clone()).unwrap();
-    let mut engine = engine_for(&cfg);
+    // The clock model trusts its line once a refit saw 16 pairs, and refits when a pair
+    // opens a bucket (1/512 of the window): a window of ms, as these runs are, lets it.
+    let mut engine = engine_for(&cfg, 0.01);
     em.set_rates(&rates(&cfg)).unwrap();
+    let mut log = EventLog::default();
     let mut t = cfg.start_tick.saturating_sub(5000);
-    let mut step = 1;
+    let (mut step, mut shift) = (1, 0);
     while t < end {
         t = (t + step).min(end);
         step = step * 7 % 1999 + 1;
-        for f in em.emit_until(t).unwrap() {
-            engine.feed_link(&f, 0);
+        if let Some((at, ticks)) = jump {
+            if shift == 0 && t >= at {
+                em.jump(ticks).unwrap();
+                shift = ticks;
+            }
+        }
+        let host_ns = (t as f64 * cfg.tick_s * 1e9) as i64;
+        for f in em.emit_until(t + shift).unwrap() {
+            engine.feed_link(&f, host_ns);
+        }
+
+        if step % 3 == 0 {
+            append(&mut log, em.take_events().unwrap());
         }
     }
+    append(&mut log, em.take_events().unwrap());
     engine.finish();
     let c = engine.counters();
     let truth = em.truth_counters();
@@ -158,7 +196,48 @@ fn check_against_core(cfg: EmitterConfig, end: u64) -> (Emitter, Counters) {
     if cfg.raster.line_settle_ticks > 0 && cfg.raster.flyback_ticks > 0 {
         assert!(truth.line_settle > 0 && truth.flyback > 0 && truth.mass_settle > 0);
     }
-    (em, c)
+    check_log(&em, &log);
+    (em, engine, log)
+}
+
+/// The event log holds every count: by fate the truth counters, binned the truth cubes.
+fn check_log(em: &Emitter, log: &EventLog) {
+    let cfg = em.config();
+    let truth = em.truth_counters();
+    let count = |f: u8| log.fate.iter().filter(|&&x| x == f).count() as u64;
+    assert_eq!(
+        [0, 1, 2, 3, 4].map(count),
+        [
+            truth.binned,
+            truth.line_settle,
+            truth.flyback,
+            truth.mass_settle,
+            truth.dead_time_lost
+        ]
+    );
+    assert!(log.tick.windows(2).all(|w| w[0] <= w[1]));
+    let (ny, nx, n) = (
+        cfg.raster.ny as usize,
+        cfg.raster.nx as usize,
+        em.n_slices(),
+    );
+    let mut cubes = vec![vec![0u32; n * ny * nx]; cfg.n_species()];
+    for i in 0..log.len() {
+        let (f, s) = (log.fate[i], log.species[i]);
+        let dark = f == fate::LINE_SETTLE || f == fate::FLYBACK;
+        assert!(if dark { s == -1 } else { s >= -1 }, "{f} {s}");
+        if f == fate::IN_VOXEL {
+            let (z, y, x) = (log.z[i] as usize, log.y[i] as usize, log.x[i] as usize);
+            cubes[s as usize][(z * ny + y) * nx + x] += 1;
+        } else {
+            assert_eq!((log.z[i], log.y[i], log.x[i]), (0, 0, 0));
+        }
+    }
+    for (s, cube) in cubes.iter().enumerate() {
+        let mut want = vec![0; n * ny * nx];
+        em.truth_cube(s, 0, n, &mut want).unwrap();
+        assert_eq!(*cube, want, "species {s}");
+    }
 }
 
 fn line_start(cfg: &EmitterConfig, frame: u64, y: u64) -> u64 {
@@ -344,8 +423,9 @@ fn bad_configurations_and_rates_are_errors() {
             c.raster.polarities[1].channels = vec![4];
         },
         |c| {
-            c.record_type = HYDRAHARP_V1_T3;
-            c.start_tick = 1 << 40;
+            c.record_events = true;
+            c.raster.nx = 70_000;
+            c.raster.dwell_ticks = 1;
         },
         |c| {
             c.record_type = HYDRAHARP_V2_T2;
@@ -387,9 +467,11 @@ fn three_polarities_merge_in_time_order() {
 
 #[test]
 fn a_late_start_begins_the_link_at_the_base_below_it() {
+    // HydraHarp V1 T3 writes one overflow record per 1024 ticks: 2^30 of them skipped.
     for (code, start) in [
         (HYDRAHARP_V2_T2, 1u64 << 62),
         (MULTIHARP_T3, 987_654_321_000),
+        (HYDRAHARP_V1_T3, 1 << 40),
     ] {
         let mut cfg = config(code, Switching::PerFrame, Switching::PerPixel);
         cfg.start_tick = start;
@@ -399,4 +481,125 @@ fn a_late_start_begins_the_link_at_the_base_below_it() {
         assert_eq!(headers[0].overflow_base, start / period * period);
         check_against_core(cfg.clone(), line_start(&cfg, 4, 1));
     }
+}
+
+/// Every event record of the link with its tick, decoding each frame from its header's
+/// base as the core does.
+fn sent_events(kind: RecordType, frames: &[Vec<u8>]) -> Vec<(u64, u8)> {
+    struct Events(Vec<(u64, u8)>);
+    impl RecordSink for Events {
+        fn event(&mut self, tick: u64, channel: u8, _: u16) {
+            self.0.push((tick, channel));
+        }
+        fn marker(&mut self, _: u64, _: u8) {}
+    }
+    let (mut a, mut d, mut out) = (Assembler::new(), Decoder::new(kind), Events(Vec::new()));
+    for f in frames {
+        a.push(f);
+        while let Some(item) = a.next_item() {
+            let Item::Frame(h) = item else {
+                panic!("corrupt frame")
+            };
+            d.set_overflow_base(h.overflow_base);
+            d.feed(a.records(), &mut out);
+        }
+    }
+    out.0
+}
+
+#[test]
+fn the_event_log_is_the_records_sent_plus_the_dead_time_losses() {
+    let mut cfg = config(HYDRAHARP_V2_T2, Switching::PerPixel, Switching::PerFrame);
+    cfg.start_tick = 3 * (1 << 25) - 300;
+    let kind = RecordType::from_code(cfg.record_type).unwrap();
+    let mut em = Emitter::new(cfg.clone()).unwrap();
+    em.set_rates(&rates(&cfg)).unwrap();
+    let (mut frames, mut log) = (Vec::new(), EventLog::default());
+    let j = 5 << 25;
+    for (i, frame) in (1..6).enumerate() {
+        if i == 2 {
+            em.jump(j).unwrap();
+        }
+        let shift = if i >= 2 { j } else { 0 };
+        frames.extend(em.emit_until(line_start(&cfg, frame, 2) + shift).unwrap());
+        append(&mut log, em.take_events().unwrap());
+    }
+    let sent: Vec<(u64, u8)> = (0..log.len())
+        .filter(|&i| log.fate[i] != fate::DEAD_TIME_LOST)
+        .map(|i| (log.tick[i], log.channel[i]))
+        .collect();
+    assert_eq!(sent_events(kind, &frames), sent);
+    check_log(&em, &log);
+    let (tb, ticks) = em.jumps()[0];
+    assert_eq!(ticks, j);
+    assert!(log.tick.iter().all(|&t| t < tb || t >= tb + j));
+    assert!(em.take_events().unwrap().is_empty());
+}
+
+#[test]
+fn a_clock_jump_moves_the_lines_after_it_and_the_core_follows() {
+    // With a flyback, and without one (the line stop would share the next line start's
+    // record, but belongs before the jump).
+    for (code, flyback) in [(MULTIHARP_T3, 23), (HYDRAHARP_V1_T3, 0)] {
+        let mut cfg = config(code, Switching::PerFrame, Switching::PerPixel);
+        cfg.raster.flyback_ticks = flyback;
+        let at = line_start(&cfg, 3, 1) + 100;
+        // 80 ms at 80 ns ticks: far beyond what arrival jitter explains.
+        let j = 1_000_000;
+        // Ends after a frame gap: the last line's stop is sent, also without a flyback.
+        let end = line_start(&cfg, 9, 0);
+        let (em, engine, log) = run_against_core(cfg.clone(), end, Some((at, j)));
+        let truth = em.truth_counters();
+        assert_eq!(truth.clock_jumps, 1);
+        let &[(tb, ticks)] = em.jumps() else {
+            panic!("{:?}", em.jumps())
+        };
+        assert_eq!(ticks, j);
+        // It jumped at a line start near the call: one line period at most after it.
+        let starts: Vec<u64> = (0..10)
+            .flat_map(|f| (0..5).map(move |y| (f, y)))
+            .map(|(f, y)| line_start(&cfg, f, y))
+            .collect();
+        assert!(starts.contains(&tb) && tb + 2000 > at && tb <= at + cfg.line_period_ticks());
+        assert!(log.tick.iter().any(|&t| t >= tb + j));
+        // The jumped span costs no overflow records: the next header moves the base.
+        assert!(truth.overflow_records < 40, "{truth:?}");
+        assert_eq!(engine.counters().lines_bad, 0);
+        assert_eq!(engine.clock().jumps(), 1);
+    }
+}
+
+#[test]
+fn bad_jumps_are_value_errors() {
+    let mut cfg = config(MULTIHARP_T3, Switching::PerFrame, Switching::PerFrame);
+    cfg.start_tick = 1000;
+    let mut em = Emitter::new(cfg).unwrap();
+    assert!(matches!(em.jump(0), Err(SimError::Value(_))));
+    assert!(matches!(em.jump(u64::MAX), Err(SimError::Value(_))));
+    assert!(em.jumps().is_empty());
+    let mut quiet = config(MULTIHARP_T3, Switching::PerFrame, Switching::PerFrame);
+    quiet.record_events = false;
+    assert!(Emitter::new(quiet).unwrap().take_events().is_err());
+}
+
+#[test]
+fn a_jump_between_lines_without_flyback_keeps_the_line_stop_before_it() {
+    let mut cfg = config(HYDRAHARP_V1_T3, Switching::PerFrame, Switching::PerPixel);
+    cfg.raster.flyback_ticks = 0;
+    let mut em = Emitter::new(cfg.clone()).unwrap();
+    em.set_rates(&rates(&cfg)).unwrap();
+    // Inside line 2, whose stop would share line 3's start record.
+    let mut frames = em.emit_until(line_start(&cfg, 1, 2) + 50).unwrap();
+    let j = 12_345;
+    em.jump(j).unwrap();
+    assert_eq!(em.jumps(), &[(line_start(&cfg, 1, 3), j)]);
+    frames.extend(em.emit_until(line_start(&cfg, 3, 0) + j).unwrap());
+    let mut engine = engine_for(&cfg, 30.0);
+    for f in &frames {
+        engine.feed_link(f, 0);
+    }
+    engine.finish();
+    let c = engine.counters();
+    assert_eq!((c.lines_bad, c.line_stops, c.line_starts), (0, 15, 15));
+    assert_eq!(c.binned, em.truth_counters().binned);
 }

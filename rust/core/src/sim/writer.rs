@@ -23,7 +23,7 @@ pub(super) struct LinkWriter {
     out: Vec<Vec<u8>>,
     records: u64,
     overflow_records: u64,
-    /// The base `skip_to` started from.
+    /// Ticks of base that `skip_to` added without overflow records.
     skipped: u64,
 }
 
@@ -45,28 +45,23 @@ impl LinkWriter {
         }
     }
 
-    /// Start the time base just below `tick`, as a front-end whose counter has run since
-    /// long before this link: the overflows before it are not sent (the first header's
-    /// base covers them), so a late start does not open with a flood of them. The
-    /// encoder only moves its base forward while writing records, so it writes a marker
-    /// at `tick` into scratch, in steps that bound the scratch.
-    pub(super) fn skip_to(&mut self, tick: u64) -> Result<()> {
-        let rule = self.kind.overflow_rule();
-        let per_record = if rule.counted {
-            (1 << self.kind.time_bits()) - 1
-        } else {
-            1
-        };
-        let step = rule.period.saturating_mul(per_record << 16);
-        let (mut t, mut scratch) = (0u64, Vec::new());
-        while t < tick {
-            t = t.saturating_add(step).min(tick);
-            scratch.clear();
-            self.enc.marker(t, 1, &mut scratch)?;
+    /// Move the time base to just below `tick` without sending the overflows between, as
+    /// a front-end whose counter has run since long before this link (at the start), or
+    /// whose counter jumped (`Emitter::jump`): the next header's base covers them, so
+    /// neither opens with a flood of overflow records. Records written so far go out in a
+    /// frame of their own first, since a header's base holds for its whole frame.
+    pub(super) fn skip_to(&mut self, tick: u64) {
+        let period = self.kind.overflow_rule().period;
+        let (from, to) = (self.enc.overflow_base(), tick / period * period);
+        if to <= from {
+            return;
         }
-        self.skipped = self.enc.overflow_base();
-        self.head.0 = self.skipped;
-        Ok(())
+        if !self.cur.is_empty() {
+            self.seal(self.cur.len());
+        }
+        self.enc = Encoder::starting_at(self.kind, to);
+        self.skipped += to - from;
+        self.head = (to, self.position.0, self.position.1);
     }
 
     /// Frames sealed from now on say they were sent at `tick`.
