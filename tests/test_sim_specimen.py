@@ -7,7 +7,6 @@ in ``composition_truth`` and, where it matters, from the rates themselves.
 from __future__ import annotations
 
 import math
-import time
 from typing import Any
 
 import numpy as np
@@ -291,24 +290,6 @@ def test_same_seed_same_specimen_other_seed_other_dendrite() -> None:
         a.composition_truth(900.0, state)["column_centers_um"]
         != c.composition_truth(900.0, state)["column_centers_um"]
     )
-
-
-def test_frame_is_cheap() -> None:
-    s = specimen()
-    state = plated(0.1, failed=True, sei=0.5)
-    s.rates(0.0, state)  # masks for this state
-    times = []
-    for k in range(30):
-        t0 = time.perf_counter()
-        s.rates(10.0 * k, state)
-        times.append(time.perf_counter() - t0)
-    assert float(np.median(times)) < 0.020  # ~1 ms with cached masks
-    times = []
-    for k in range(10):  # plating: the outline moves every frame, masks are recomputed
-        t0 = time.perf_counter()
-        s.rates(10.0, plated(0.1, failed=True, q=1e-6 * (k + 1)))
-        times.append(time.perf_counter() - t0)
-    assert float(np.median(times)) < 0.020  # ~7 ms
 
 
 _SMALL = Specimen(SpecimenConfig(), ALL, 24, 20, seed=11)
