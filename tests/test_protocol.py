@@ -125,13 +125,21 @@ def test_runner_drives_the_paper_protocol(tmp_path: Path) -> None:
             client.events.clear()
         truth = sim.truth()
     assert runner.state == RunState.FINISHED, events[-1]
-    finished = [e for e in events if e["event"] == "step_finished"]
+    assert (events[0]["step"], events[0]["state"]) == (-1, "started")
+    assert (events[-1]["step"], events[-1]["state"], events[-1]["reason"]) == (
+        -1, "finished", "complete",
+    )  # fmt: skip
+    finished = [e for e in events if e["step"] >= 0 and e["state"] == "finished"]
     assert [e["kind"] for e in finished] == [
         "rest", "constant_current", "strip", "eis", "new_region", "constant_current",
     ]  # fmt: skip
-    assert finished[2]["reason"].startswith("depleted")
-    durations = [b["device_s"] - a["device_s"] for a, b in zip(
-        [e for e in events if e["event"] == "step_started"], finished, strict=False)]  # fmt: skip
+    assert [e["reason"] for e in finished] == [
+        "duration", "duration", "depletion", "sweep", "region", "duration",
+    ]  # fmt: skip
+    assert finished[1]["params"] == {"current_a": -4e-8, "duration_s": 600.0, "until_v": None,
+                                     "until_charge_c": None}  # fmt: skip
+    started = [e for e in events if e["step"] >= 0 and e["state"] == "started"]
+    durations = [b["device_s"] - a["device_s"] for a, b in zip(started, finished, strict=True)]
     assert durations[0] == pytest.approx(30, abs=1.0)
     assert durations[1] == pytest.approx(600, abs=1.0)
     assert 5 < durations[2] < 120  # a 10-minute island empties within a couple of minutes

@@ -75,7 +75,7 @@ def _expand(item: Any, path: str) -> list[Step]:
         for j in densities:
             amps = float(j) * area * 1e-6
             if fresh:
-                out.append(Step("new_region", f"{path}[J={j}] new region"))
+                out.append(Step("new_region", f"[J={j}] new region"))
             for n, sub in enumerate(inner):
                 out += _series_step(sub, f"{path}.steps[{n}]", amps, f"[J={j}]")
         return out
@@ -186,18 +186,19 @@ class Runner:
         self.run_id = run_id or f"run-{next(self._ids)}"
         self.state = RunState.RUNNING
         self.index = -1
-        self._emit("run_started", reason=protocol.name)
+        self._emit(-1, "started", detail=protocol.name)
         self._next(self._last_s)
         return self.run_id
 
-    def stop(self, reason: str = "stopped by operator") -> None:
-        """End the run between steps: open circuit, then finished."""
+    def stop(self, detail: str = "stopped by operator") -> None:
+        """End the run now: open circuit, then finished (reason ``stop``)."""
         if self.state == RunState.RUNNING:
-            self._end(RunState.FINISHED, reason)
+            self._end(RunState.FINISHED, "stop", detail)
 
-    def abort(self, reason: str) -> None:
+    def abort(self, detail: str, reason: str = "abort") -> None:
+        """End the run as aborted; ``reason`` is ``abort``, ``safety`` or ``shutdown``."""
         if self.state == RunState.RUNNING:
-            self._end(RunState.ABORTED, reason)
+            self._end(RunState.ABORTED, reason, detail)
 
     def on_samples(
         self, device_s: Iterable[float], ewe_v: Iterable[float], current_a: Iterable[float]
@@ -216,7 +217,7 @@ class Runner:
         if aborted:
             self.abort("the instrument aborted the impedance sweep")
         else:
-            self._finish_step(self._last_s, "sweep done")
+            self._finish_step(self._last_s, "sweep", "sweep done")
 
     def _check(self, t: float, v: float) -> None:
         step = self.step
@@ -224,23 +225,23 @@ class Runner:
             return
         if self._started_s is None:  # the run started before any sample had arrived
             self._started_s = t
-            self._emit("step_started", device_s=t)
+            self._emit(self.index, "started", device_s=t)
         if not math.isfinite(v):
             return  # the interlock judges non-finite samples; the protocol waits
         if step.kind == "strip" and abs(v) >= step.depletion_v:
-            self._finish_step(t, f"depleted: |Ewe| {abs(v):.3g} V >= {step.depletion_v} V")
+            detail = f"|Ewe| {abs(v):.3g} V >= {step.depletion_v} V"
+            self._finish_step(t, "depletion", detail)
         elif step.until_v is not None and abs(v) >= step.until_v:
-            self._finish_step(t, f"|Ewe| reached {step.until_v} V")
+            self._finish_step(t, "voltage", f"|Ewe| reached {step.until_v} V")
         elif step.until_charge_c is not None and abs(self._charge_c) >= step.until_charge_c:
-            self._finish_step(t, f"charge reached {step.until_charge_c} C")
+            self._finish_step(t, "charge", f"charge reached {step.until_charge_c} C")
         elif t - self._started_s >= step.duration_s:  # device seconds
-            self._finish_step(t, "duration reached")
+            self._finish_step(t, "duration", f"{step.duration_s:g} s passed")
 
-    def _finish_step(self, t: float | None, reason: str) -> None:
-        step = self.step
+    def _finish_step(self, t: float | None, reason: str, detail: str) -> None:
         self.instrument.open_circuit()
-        if step is not None:
-            self._emit("step_finished", reason=reason, device_s=t)
+        if self.step is not None:
+            self._emit(self.index, "finished", reason, detail, device_s=t)
         self._next(t)
 
     def _next(self, t: float | None) -> None:
@@ -248,12 +249,12 @@ class Runner:
         self.index += 1
         step = self.step
         if step is None:
-            self._end(RunState.FINISHED, "protocol complete")
+            self._end(RunState.FINISHED, "complete", "every step done")
             return
         self._started_s = t
         self._charge_c = 0.0
         if t is not None:
-            self._emit("step_started", device_s=t)
+            self._emit(self.index, "started", device_s=t)
         if step.kind in ("constant_current", "strip"):
             self.instrument.set_current(step.current_a)
         elif step.kind == "eis":
@@ -265,23 +266,51 @@ class Runner:
                 self.abort("no way to move to a new region on this instrument")
                 return
             self.new_region()
-            self._finish_step(t, "moved to a fresh region")
+            self._finish_step(t, "region", "moved to a fresh region")
 
-    def _end(self, state: RunState, reason: str) -> None:
+    def _end(self, state: RunState, reason: str, detail: str) -> None:
         self.instrument.open_circuit()  # first, whatever happens next
+        if self.step is not None and state == RunState.ABORTED:
+            self._emit(self.index, "aborted", reason, detail, device_s=self._last_s)
         self.state = state
-        self._emit(f"run_{state.value}", reason=reason)
+        self._emit(-1, state.value, reason, detail)
 
-    def _emit(self, event: str, **fields: Any) -> None:
-        step = self.step
+    def _emit(
+        self,
+        index: int,
+        state: str,
+        reason: str = "",
+        detail: str = "",
+        device_s: float | None = None,
+    ) -> None:
+        """One ``run`` topic message (docs/publishing.md)."""
+        p = self.protocol
+        step = p.steps[index] if p is not None and 0 <= index < len(p.steps) else None
         self.publish(
             {
                 "run_id": self.run_id,
-                "event": event,
-                "protocol": self.protocol.name if self.protocol else "",
-                "index": self.index,
-                "step": step.label if step else "",
-                "kind": step.kind if step else "",
-                **fields,
+                "protocol": p.name if p else "",
+                "step": index,
+                "n_steps": len(p.steps) if p else 0,
+                "kind": step.kind if step else "run",
+                "label": step.label if step else "",
+                "state": state,
+                "reason": reason,
+                "detail": detail,
+                "device_s": device_s,
+                "params": _params(step) if step else {},
             }
         )
+
+
+def _params(step: Step) -> dict[str, Any]:
+    """The step's settings that apply to its kind (what a `run` message reports)."""
+    keys = {
+        "rest": ("duration_s",),
+        "constant_current": ("current_a", "duration_s", "until_v", "until_charge_c"),
+        "strip": ("current_a", "duration_s", "depletion_v"),
+        "eis": ("f_start_hz", "f_stop_hz", "points_per_decade", "amplitude_v"),
+        "new_region": (),
+    }[step.kind]
+    values = {k: getattr(step, k) for k in keys}
+    return {k: (None if isinstance(v, float) and math.isinf(v) else v) for k, v in values.items()}
