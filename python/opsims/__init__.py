@@ -1,8 +1,10 @@
 """opsims: acquisition and analysis for operando dual-polarity SIMS."""
 
 from opsims._native import (
+    Acquisition,
     BudgetError,
     ClockModel,
+    CommandRefused,
     ConfigError,
     DetectorEmitter,
     EventCore,
@@ -18,8 +20,10 @@ from opsims._native import (
 from opsims.detector import DetectorConfig, MarkerBits, Polarity
 
 __all__ = [
+    "Acquisition",
     "BudgetError",
     "ClockModel",
+    "CommandRefused",
     "ConfigError",
     "DetectorConfig",
     "DetectorEmitter",

@@ -12,8 +12,10 @@ import numpy as np
 import numpy.typing as npt
 
 __all__ = [
+    "Acquisition",
     "BudgetError",
     "ClockModel",
+    "CommandRefused",
     "ConfigError",
     "DetectorEmitter",
     "EventCore",
@@ -53,7 +55,9 @@ class EventCore:
     ``polarities`` lists ``(name, channels, species, switching, settle_ticks)`` with
     ``switching`` either ``"per_frame"`` or ``"per_pixel"``. Marker arguments are bit
     masks; ``frame_marker_at`` says whether the frame marker starts a frame (``"start"``)
-    or ends it (``"end"``, as in PicoQuant image files). Raises :class:`ConfigError` for
+    or ends it (``"end"``, as in PicoQuant image files). ``clock_time_scale`` is simulated
+    seconds per host second (1.0 with hardware): the clock model fits ticks of
+    ``tick_s / clock_time_scale`` host seconds. Raises :class:`ConfigError` for
     inconsistent values.
     """
 
@@ -78,6 +82,7 @@ class EventCore:
         memory_budget_bytes: int = ...,  # 1 GiB
         budget_policy: str = "rebin",
         clock_window_s: float = 30.0,
+        clock_time_scale: float = 1.0,
     ) -> Self: ...
     def feed(self, records: npt.NDArray[np.uint32]) -> dict[str, int]:
         """Decode, map and bin raw TTTR records; returns the batch's counter deltas."""
@@ -380,3 +385,137 @@ class DetectorEmitter:
         core bins them. ValueError unless created with ``record_truth=True``."""
     @property
     def species(self) -> list[str]: ...
+
+# --- the instrument links in native threads (docs/acquisition.md) ---
+
+class CommandRefused(OpsimsError):
+    """A potentiostat command was refused: ``args == (message, code)``, with the reply code
+    of the instrument, or None when the acquisition's own check refused it unsent."""
+
+@final
+class Acquisition:
+    """The instrument links in native threads: the detector link into the voxel cubes,
+    the potentiostat link into samples on the host timebase, commands, heartbeats.
+
+    ``detector`` holds ``host``, ``port`` and the arguments of :class:`EventCore` by the
+    same names (``record_type``, ``tick_s``, ``nx``, ``ny``, ``dwell_ticks``,
+    ``polarities`` and the keywords); ``potentiostat`` holds ``host``, ``port`` and
+    ``clock_window_s`` (30 s). Either may be None. Both links connect at once and
+    reconnect after any failure, waiting ``reconnect_initial_s`` doubling up to
+    ``reconnect_max_s``; every state change is an event. ``clock_time_scale`` is
+    simulated seconds per host second (1.0 with hardware) for both clock models.
+
+    The potentiostat thread sends HEARTBEAT every ``heartbeat_s`` only while
+    :meth:`kick` was called within ``liveness_s`` (construction counts as a kick), so
+    the instrument's watchdog opens the circuit if the owner hangs. Samples wait in a
+    queue of ``sample_queue``; beyond it new samples are dropped and counted
+    (``samples_dropped``). Every sample passes the native sample check before it is
+    queued (none yet: the interlock is issue 5's).
+
+    Safe to call from any Python thread; waits and copies release the GIL. Bad values
+    raise :class:`ConfigError` naming the key (``detector.nx: ...``). Dropping the object
+    stops it as :meth:`stop` does.
+    """
+
+    def __new__(
+        cls,
+        *,
+        detector: dict[str, Any] | None = None,
+        potentiostat: dict[str, Any] | None = None,
+        clock_time_scale: float = 1.0,
+        reconnect_initial_s: float = 0.1,
+        reconnect_max_s: float = 5.0,
+        heartbeat_s: float = 0.5,
+        liveness_s: float = 2.0,
+        sample_queue: int = 1_000_000,
+    ) -> Self: ...
+    def wait(self, timeout_s: float) -> bool:
+        """Block, GIL released, until new samples, events or detector data arrived since
+        the last call returned (True) or ``timeout_s`` passed (False). Signal handlers run
+        every 50 ms meanwhile (KeyboardInterrupt arrives)."""
+    def kick(self) -> None:
+        """The owner is alive: heartbeats go on for ``liveness_s`` from now."""
+    def take_samples(self) -> dict[str, npt.NDArray[Any]]:
+        """Queued samples, oldest first, as columns: ``host_ns`` (int64), ``tick`` (uint64,
+        the unwrapped device counter), ``ewe_v``, ``current_a`` (float64), ``mode``,
+        ``flags`` (uint8). ``host_ns`` follows the clock model once its drift is fitted,
+        and is the frame's arrival time before. The queue is emptied."""
+    def take_events(self) -> list[dict[str, Any]]:
+        """Queued events, oldest first, each with ``kind`` and ``host_ns``:
+        ``link`` (``link``: ``"detector"``/``"potentiostat"``, ``state``:
+        ``"connecting"``/``"up"``/``"down"``, ``reason``); ``eis_point`` (``tick``,
+        ``index``, ``n_points``, ``freq_hz``, ``z_re_ohm``, ``z_im_ohm``);
+        ``instrument_event`` (``tick``, ``code``, ``name`` such as ``"eis_done"`` or
+        ``"watchdog_open_circuit"``, ``message``). The queue is emptied; beyond 65 536
+        events new ones are dropped and counted (``events_dropped``)."""
+    def counters(self) -> dict[str, int]:
+        """The detector engine's counters (as :meth:`EventCore.counters`) and the links':
+        connects, connect failures, disconnects and bytes per link; potentiostat frames,
+        skipped bytes, corrupt, unsupported, malformed and unexpected frames; ``samples``,
+        ``samples_dropped``, ``samples_tick_backwards``, ``events_dropped``,
+        ``commands_sent``, ``commands_timed_out``, ``replies_unmatched``,
+        ``heartbeats_sent``, ``heartbeats_withheld``, ``open_circuit_now``, ``panics``."""
+    def clock_states(self) -> dict[str, dict[str, Any]]:
+        """``{"detector": ..., "potentiostat": ...}``, each as :meth:`ClockModel.state`;
+        the potentiostat's appears with its first HELLO."""
+    def link_states(self) -> dict[str, str]:
+        """The state of each configured link: ``"connecting"``, ``"up"`` or ``"down"``."""
+    def hello(self) -> dict[str, Any] | None:
+        """The potentiostat's last HELLO (``protocol``, ``counter_bits``, ``tick_fs``,
+        ``sample_period_ticks``, ``compliance_a``, ``name``), None before the first one.
+        RuntimeError without a potentiostat link."""
+    def set_current(self, amps: float, timeout_s: float = 2.0) -> None:
+        """Galvanostatic control at ``amps``. Raises :class:`CommandRefused` if the
+        instrument refuses, ConnectionError if the link is down, TimeoutError if no reply
+        comes within ``timeout_s`` (as every command does)."""
+    def open_circuit(self, timeout_s: float = 2.0) -> None:
+        """Current off at once (also aborts a sweep)."""
+    def start_eis(
+        self,
+        f_start_hz: float,
+        f_stop_hz: float,
+        points_per_decade: int,
+        amplitude_v: float,
+        timeout_s: float = 2.0,
+    ) -> None:
+        """An impedance sweep from ``f_start_hz`` down to ``f_stop_hz``; its points arrive
+        as ``eis_point`` events, then an ``instrument_event`` ``eis_done``."""
+    def read_status(self, timeout_s: float = 2.0) -> dict[str, Any]:
+        """The instrument's STATUS: ``tick`` (the raw counter), ``mode``,
+        ``watchdog_opened``, ``eis_done``, ``eis_total``, ``setpoint_a``, ``ewe_v``,
+        ``current_a``."""
+    def command(
+        self, kind: int, payload: bytes = b"", timeout_s: float = 2.0
+    ) -> tuple[int, str, bytes]:
+        """Any command by kind (docs/potentiostat-link.md); returns the reply's ``(code,
+        message, body)`` whatever the code. ValueError for a payload above 65 536 bytes."""
+    def stop(self, open_circuit: bool = True) -> bool:
+        """Open the circuit first (waiting at most 1 s for the reply), then stop and join
+        both threads. True if open circuit was confirmed, or not asked for, or there is no
+        potentiostat link. Reads of the cubes keep working; later calls return True."""
+    @property
+    def stopped(self) -> bool: ...
+    @property
+    def species(self) -> list[str]:
+        """Species of the detector pipeline ([] without a detector link)."""
+    @property
+    def n_slices(self) -> int:
+        """RuntimeError (as every cube read) without a detector link."""
+    @property
+    def frames_per_slice(self) -> int: ...
+    @property
+    def shape(self) -> tuple[int, int]:
+        """``(ny, nx)`` of every slice."""
+    def cube(
+        self, species: str | int, z_start: int = 0, z_stop: int | None = None
+    ) -> npt.NDArray[np.uint32]:
+        """A copy of slices ``z_start..z_stop`` of one species, ``[z, y, x]``, taken under
+        the engine's lock (the detector thread waits meanwhile)."""
+    def depth_profile(self) -> npt.NDArray[np.uint64]:
+        """Counts per slice and species, ``[z, species]``."""
+    def ion_map(
+        self, species: str | int, z_start: int = 0, z_stop: int | None = None
+    ) -> npt.NDArray[np.uint64]:
+        """Sum of one species over slices ``z_start..z_stop``, ``[y, x]``."""
+    def take_dirty(self) -> int | None:
+        """The lowest slice changed since the last call, or None."""

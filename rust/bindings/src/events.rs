@@ -51,6 +51,7 @@ impl EventCore {
         frames_per_slice = 1, frame_marker = 4, line_start_marker = 1,
         line_stop_marker = 2, mass_switch_marker = 0, frame_marker_at = "start",
         memory_budget_bytes = 1u64 << 30, budget_policy = "rebin", clock_window_s = 30.0,
+        clock_time_scale = 1.0,
     ))]
     #[allow(clippy::too_many_arguments)]
     fn new(
@@ -72,6 +73,7 @@ impl EventCore {
         memory_budget_bytes: u64,
         budget_policy: &str,
         clock_window_s: f64,
+        clock_time_scale: f64,
     ) -> PyResult<Self> {
         let polarities = raster_args::polarities(polarities).map_err(to_py)?;
         let budget_policy = match budget_policy {
@@ -106,6 +108,7 @@ impl EventCore {
             memory_budget_bytes,
             budget_policy,
             clock_window_s,
+            clock_time_scale,
         };
         Ok(EventCore {
             engine: Engine::new(cfg).map_err(to_py)?,

@@ -3,6 +3,7 @@
 
 use pyo3::prelude::*;
 
+mod acquisition;
 mod clock;
 mod errors;
 mod events;
@@ -18,5 +19,6 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     clock::register(m)?;
     events::register(m)?;
     sim::register(m)?;
+    acquisition::register(m)?;
     Ok(())
 }

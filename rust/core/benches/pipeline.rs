@@ -57,6 +57,7 @@ fn config() -> EngineConfig {
         memory_budget_bytes: 8 << 30,
         budget_policy: BudgetPolicy::Rebin,
         clock_window_s: 30.0,
+        clock_time_scale: 1.0,
     }
 }
 

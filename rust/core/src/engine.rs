@@ -20,6 +20,9 @@ pub struct EngineConfig {
     pub memory_budget_bytes: u64,
     pub budget_policy: BudgetPolicy,
     pub clock_window_s: f64,
+    /// Simulated seconds per host second (1.0 for hardware): an accelerated simulator's
+    /// ticks pass `clock_time_scale` times faster against the host clock.
+    pub clock_time_scale: f64,
 }
 
 /// A stretch of the live link whose records never arrived.
@@ -93,6 +96,12 @@ impl Engine {
                 cfg.tick_s
             )));
         }
+        if !(cfg.clock_time_scale.is_finite() && cfg.clock_time_scale > 0.0) {
+            return Err(CoreError::Config(format!(
+                "clock_time_scale must be a positive number, got {}",
+                cfg.clock_time_scale
+            )));
+        }
         let raster = Raster::new(cfg.raster.clone())?;
         let cubes = CubeSet::new(
             raster.n_species(),
@@ -103,7 +112,7 @@ impl Engine {
         )?;
         Ok(Engine {
             decoder: Decoder::new(cfg.record_type),
-            clock: ClockModel::new(cfg.tick_s, cfg.clock_window_s)?,
+            clock: ClockModel::new(cfg.tick_s / cfg.clock_time_scale, cfg.clock_window_s)?,
             raster,
             cubes,
             counters: Counters::default(),

@@ -4,9 +4,13 @@
 //! `link` (TTTR records, live-link frames, `.ptu` files) → `clock` (device ticks →
 //! host ns) → `raster` (ticks + channel → slice, y, x, species, or a counted
 //! rejection) → `cube` (u32 voxel cubes per species). `engine` ties them together
-//! with the `counters` that prove nothing is lost. `sim` is the other end of the link: a
+//! with the `counters` that prove nothing is lost. `acquisition` runs the instrument
+//! links in native threads: the detector link into the engine, the potentiostat link
+//! (`link::potentiostat`) into unwrapped, host-stamped samples that pass the interlock's
+//! check before they are queued. `sim` is the other end of the detector link: a
 //! simulated detector front-end that writes the stream the core reads, with its truth.
 
+pub mod acquisition;
 pub mod clock;
 pub mod counters;
 pub mod cube;

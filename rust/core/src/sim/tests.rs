@@ -83,6 +83,7 @@ fn engine_for(cfg: &EmitterConfig, clock_window_s: f64) -> Engine {
         memory_budget_bytes: 1 << 30,
         budget_policy: BudgetPolicy::Refuse,
         clock_window_s,
+        clock_time_scale: 1.0,
     })
     .unwrap()
 }
