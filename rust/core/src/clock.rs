@@ -2,10 +2,12 @@
 //! (device tick, host arrival ns) pairs.
 //!
 //! Arrival = true host time + delay with delay ≥ 0, so the true line lies under every
-//! pair. The window's pairs are kept as per-bucket minima (bounded memory at any update
-//! rate); the fit is the line under all of them with the least total height above it.
-//! That linear program is solved by the lower convex hull edge over the mean device
-//! time, so jitter only ever pushes points up and barely moves the fit.
+//! pair. The window's pairs are kept as per-bucket minima and maxima (bounded memory at
+//! any update rate); the fit is the line under all of them with the least total height
+//! above it. That linear program is solved by the lower convex hull edge over the mean
+//! device time, so jitter only ever pushes points up and barely moves the fit. When the
+//! delays are bounded too (the pairs fill a band with a sharp top edge), the line is
+//! taken from the band instead, which closes the fit's rare large tilts (see `band`).
 //!
 //! Model: `host_ns = offset_ns + device_ns · (1 + drift_ppm · 1e-6)` with
 //! `device_ns = tick · tick_s · 1e9` (nominal). Arithmetic is done relative to a
@@ -14,6 +16,9 @@
 use std::collections::VecDeque;
 
 use crate::error::{CoreError, Result};
+
+mod band;
+use band::{hull, Band, Side};
 
 /// What the model currently says, for publishing.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -57,7 +62,8 @@ const PENDING_CAP: usize = 256;
 const BATCH_REFIT: usize = 64;
 
 /// The lowest pair of one slice of device time, plus sums over all its pairs relative
-/// to that lowest one (kept small so f64 stays exact) for the typical delay.
+/// to that lowest one (kept small so f64 stays exact) for the typical delay, and the
+/// highest pair (the top edge of the band, see `band`).
 #[derive(Debug, Clone)]
 struct Bucket {
     idx: i128,
@@ -66,6 +72,8 @@ struct Bucket {
     n: u64,
     sum_dx: f64,
     sum_de: f64,
+    top_tick: u64,
+    top_host: i64,
 }
 
 /// A fitted line in coordinates relative to a reference pair:
@@ -114,6 +122,10 @@ pub struct ClockModel {
     xs: Vec<f64>,
     es: Vec<f64>,
     hull: Vec<usize>,
+    top_xs: Vec<f64>,
+    top_es: Vec<f64>,
+    top_hull: Vec<usize>,
+    counts: Vec<u64>,
     heights: Vec<f64>,
 }
 
@@ -167,6 +179,10 @@ impl ClockModel {
             xs: Vec::new(),
             es: Vec::new(),
             hull: Vec::new(),
+            top_xs: Vec::new(),
+            top_es: Vec::new(),
+            top_hull: Vec::new(),
+            counts: Vec::new(),
             heights: Vec::new(),
         })
     }
@@ -352,6 +368,11 @@ impl ClockModel {
         };
         match self.buckets.get_mut(pos) {
             Some(b) if b.idx == idx => {
+                if rel(tick, host, b.top_tick, b.top_host, self.tick_ns).1 > 0.0 {
+                    b.top_tick = tick;
+                    b.top_host = host;
+                    self.dirty = true;
+                }
                 let (dx, de) = rel(tick, host, b.tick, b.host, self.tick_ns);
                 if de < 0.0 {
                     // New lowest pair: re-express the sums relative to it.
@@ -376,6 +397,8 @@ impl ClockModel {
                         n: 1,
                         sum_dx: 0.0,
                         sum_de: 0.0,
+                        top_tick: tick,
+                        top_host: host,
                     },
                 );
                 self.dirty = true;
@@ -404,27 +427,24 @@ impl ClockModel {
         let (ref_tick, ref_host) = (r.tick, r.host);
         self.xs.clear();
         self.es.clear();
+        self.top_xs.clear();
+        self.top_es.clear();
+        self.counts.clear();
         for b in &self.buckets {
+            self.counts.push(b.n);
             let (x, e) = rel(b.tick, b.host, ref_tick, ref_host, self.tick_ns);
             self.xs.push(x);
             self.es.push(e);
+            let (x, e) = rel(b.top_tick, b.top_host, ref_tick, ref_host, self.tick_ns);
+            self.top_xs.push(x);
+            self.top_es.push(e);
         }
+        // Buckets are disjoint tick ranges, so both point sets are sorted by x.
+        hull(&self.xs, &self.es, false, &mut self.hull);
+        hull(&self.top_xs, &self.top_es, true, &mut self.top_hull);
         let (xs, es) = (&self.xs, &self.es);
         let n = xs.len();
         let (x_min, x_max) = (xs[0], xs[n - 1]);
-
-        // Lower hull, monotone chain: buckets are disjoint tick ranges, so xs is sorted.
-        self.hull.clear();
-        for i in 0..n {
-            while let [.., a, b] = self.hull[..] {
-                let cross = (xs[b] - xs[a]) * (es[i] - es[a]) - (es[b] - es[a]) * (xs[i] - xs[a]);
-                if cross > 0.0 {
-                    break;
-                }
-                self.hull.pop();
-            }
-            self.hull.push(i);
-        }
 
         let min_span = MIN_FIT_SPAN_NS.min(self.window_ns / 2.0);
         let mean_x = xs.iter().sum::<f64>() / n as f64;
@@ -435,8 +455,24 @@ impl ClockModel {
             .map(|w| (w[0], w[1]));
         let (c, s, fitted) = match edge {
             Some((a, b)) if x_max - x_min >= min_span && xs[b] > xs[a] => {
+                let band = Band {
+                    lo: Side {
+                        xs,
+                        es,
+                        hull: &self.hull,
+                    },
+                    hi: Side {
+                        xs: &self.top_xs,
+                        es: &self.top_es,
+                        hull: &self.top_hull,
+                    },
+                    counts: &self.counts,
+                };
                 let s = (es[b] - es[a]) / (xs[b] - xs[a]);
-                (es[a] - s * xs[a], s, true)
+                match band.fit(self.pairs, s, &mut self.heights) {
+                    Some((c, s)) => (c, s, true),
+                    None => (es[a] - s * xs[a], s, true),
+                }
             }
             _ => {
                 // Offset only: the lowest line of the prior slope under every point.

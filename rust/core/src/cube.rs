@@ -29,8 +29,9 @@ pub struct CubeSet {
     chunk_z: usize,
     budget_bytes: u64,
     policy: BudgetPolicy,
-    /// `chunks[species][c]` holds slices `c*chunk_z .. (c+1)*chunk_z`.
-    chunks: Vec<Vec<Vec<u32>>>,
+    /// `blocks[c]` holds slices `c*chunk_z .. (c+1)*chunk_z` of every species, one species
+    /// after the other: one allocation per chunk, large enough for huge pages.
+    blocks: Vec<Vec<u32>>,
     /// Slices in use: one past the highest slice that has been asked for.
     n_slices: usize,
     /// Lowest slice written since the last `take_dirty` (usize::MAX when clean).
@@ -70,7 +71,7 @@ impl CubeSet {
             chunk_z,
             budget_bytes,
             policy,
-            chunks: vec![Vec::new(); n_species],
+            blocks: Vec::new(),
             n_slices: 0,
             dirty_from: usize::MAX,
         })
@@ -86,7 +87,7 @@ impl CubeSet {
         self.n_slices
     }
     pub fn allocated_bytes(&self) -> u64 {
-        self.chunks.iter().map(|c| c.len() as u64).sum::<u64>() * self.chunk_bytes()
+        self.blocks.len() as u64 * self.chunk_bytes() * self.n_species as u64
     }
     pub fn budget_bytes(&self) -> u64 {
         self.budget_bytes
@@ -95,14 +96,21 @@ impl CubeSet {
     fn slice_len(&self) -> usize {
         self.ny * self.nx
     }
+    fn chunk_len(&self) -> usize {
+        self.slice_len() * self.chunk_z
+    }
     fn chunk_bytes(&self) -> u64 {
-        (self.slice_len() * self.chunk_z * 4) as u64
+        (self.chunk_len() * 4) as u64
+    }
+    /// Where slice `z` of `species` starts in its block.
+    fn offset(&self, species: usize, z: usize) -> usize {
+        species * self.chunk_len() + (z % self.chunk_z) * self.slice_len()
     }
 
     /// Make slice `z` exist for every species.
     pub fn ensure_slice(&mut self, z: usize) -> SliceAccess {
         let needed_chunks = z / self.chunk_z + 1;
-        let have = self.chunks[0].len();
+        let have = self.blocks.len();
         if needed_chunks > have {
             let extra = (needed_chunks - have) as u64 * self.chunk_bytes() * self.n_species as u64;
             if self.allocated_bytes() + extra > self.budget_bytes || !self.grow(needed_chunks) {
@@ -121,16 +129,15 @@ impl CubeSet {
 
     /// Allocate chunks without aborting the process when memory is short.
     fn grow(&mut self, needed_chunks: usize) -> bool {
-        let len = self.slice_len() * self.chunk_z;
-        for species in self.chunks.iter_mut() {
-            while species.len() < needed_chunks {
-                let mut chunk: Vec<u32> = Vec::new();
-                if chunk.try_reserve_exact(len).is_err() {
-                    return false;
-                }
-                chunk.resize(len, 0);
-                species.push(chunk);
+        let len = self.chunk_len() * self.n_species;
+        while self.blocks.len() < needed_chunks {
+            let mut block: Vec<u32> = Vec::new();
+            if block.try_reserve_exact(len).is_err() {
+                return false;
             }
+            advise_huge_pages(&mut block);
+            block.resize(len, 0);
+            self.blocks.push(block);
         }
         true
     }
@@ -141,16 +148,18 @@ impl CubeSet {
         let cz = self.chunk_z;
         let old = self.n_slices;
         let new = old.div_ceil(2);
-        for species in self.chunks.iter_mut() {
+        for species in 0..self.n_species {
             for zn in 0..new {
                 for (k, zo) in [2 * zn, 2 * zn + 1].into_iter().enumerate() {
                     // zo >= zn always, so reading zo after writing zn never sees a sum.
                     let src: Vec<u32> = if zo < old {
-                        species[zo / cz][(zo % cz) * slice..(zo % cz + 1) * slice].to_vec()
+                        let at = self.offset(species, zo);
+                        self.blocks[zo / cz][at..at + slice].to_vec()
                     } else {
                         vec![0; slice]
                     };
-                    let dst = &mut species[zn / cz][(zn % cz) * slice..(zn % cz + 1) * slice];
+                    let at = self.offset(species, zn);
+                    let dst = &mut self.blocks[zn / cz][at..at + slice];
                     if k == 0 {
                         dst.copy_from_slice(&src);
                     } else {
@@ -161,11 +170,12 @@ impl CubeSet {
                 }
             }
             // Clear what lies past the new end so later slices start from zero.
-            for z in new..species.len() * cz {
-                species[z / cz][(z % cz) * slice..(z % cz + 1) * slice].fill(0);
+            for z in new..self.blocks.len() * cz {
+                let at = self.offset(species, z);
+                self.blocks[z / cz][at..at + slice].fill(0);
             }
-            species.truncate(new.div_ceil(cz).max(1));
         }
+        self.blocks.truncate(new.div_ceil(cz).max(1));
         self.n_slices = new;
         self.dirty_from = 0;
     }
@@ -173,20 +183,26 @@ impl CubeSet {
     /// Row `y` of slice `z` of every species, for binning one line. The slice must have
     /// been ensured.
     pub fn line_rows(&mut self, z: usize, y: usize) -> Vec<&mut [u32]> {
-        let cz = self.chunk_z;
-        let start = ((z % cz) * self.ny + y) * self.nx;
-        let nx = self.nx;
+        let start = self.offset(0, z) + y * self.nx;
+        let (nx, chunk_len) = (self.nx, self.chunk_len());
         self.dirty_from = self.dirty_from.min(z);
-        self.chunks
-            .iter_mut()
-            .map(|species| &mut species[z / cz][start..start + nx])
+        self.blocks[z / self.chunk_z]
+            .chunks_exact_mut(chunk_len)
+            .map(|species| &mut species[start..start + nx])
             .collect()
     }
 
+    /// Row `y` of slice `z` of one species: `line_rows` without building the list, for
+    /// the line-by-line commit of fixed-dwell binning. The slice must have been ensured.
+    pub fn line_row(&mut self, species: usize, z: usize, y: usize) -> &mut [u32] {
+        let start = self.offset(species, z) + y * self.nx;
+        self.dirty_from = self.dirty_from.min(z);
+        &mut self.blocks[z / self.chunk_z][start..start + self.nx]
+    }
+
     fn slice(&self, species: usize, z: usize) -> &[u32] {
-        let cz = self.chunk_z;
-        let slice = self.slice_len();
-        &self.chunks[species][z / cz][(z % cz) * slice..(z % cz + 1) * slice]
+        let at = self.offset(species, z);
+        &self.blocks[z / self.chunk_z][at..at + self.slice_len()]
     }
 
     fn check_range(&self, species: usize, z0: usize, z1: usize) -> Result<()> {
@@ -248,6 +264,33 @@ impl CubeSet {
         (d != usize::MAX).then_some(d)
     }
 }
+
+/// Ask the kernel to back the 2 MiB-aligned part of a new block with huge pages (the
+/// usual setting lets a process opt in): first-touch faults of 4 KiB pages cost more than
+/// filling a fresh cube does (~20 ms per 28 MB in a VM), and the cube is then walked
+/// with fewer TLB misses.
+#[cfg(target_os = "linux")]
+fn advise_huge_pages(block: &mut Vec<u32>) {
+    const HUGE: usize = 2 << 20;
+    let start = block.as_mut_ptr() as usize;
+    let end = start + block.capacity() * std::mem::size_of::<u32>();
+    let (first, last) = (start.next_multiple_of(HUGE), end / HUGE * HUGE);
+    if last > first {
+        // SAFETY: the range lies inside the block's own allocation, and MADV_HUGEPAGE only
+        // changes how the kernel backs those pages, never their contents. A refusal
+        // (THP off) is fine: the pages are then ordinary ones.
+        unsafe {
+            libc::madvise(
+                first as *mut libc::c_void,
+                last - first,
+                libc::MADV_HUGEPAGE,
+            );
+        }
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn advise_huge_pages(_block: &mut Vec<u32>) {}
 
 #[cfg(test)]
 mod tests {

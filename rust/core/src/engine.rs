@@ -8,7 +8,7 @@ use crate::counters::Counters;
 use crate::cube::{BudgetPolicy, CubeSet};
 use crate::error::{CoreError, Result};
 use crate::link::frame::{Assembler, FrameHeader, Item};
-use crate::link::tttr::{Decoder, RecordSink, RecordType};
+use crate::link::tttr::{Decoder, EventLayout, RecordSink, RecordType};
 use crate::raster::{Raster, RasterConfig};
 
 #[derive(Debug, Clone, PartialEq)]
@@ -56,6 +56,13 @@ impl RecordSink for Sink<'_> {
     #[inline(always)]
     fn event(&mut self, tick: u64, channel: u8, _dtime: u16) {
         self.raster.event(tick, channel, self.counters);
+    }
+    #[inline(always)]
+    fn events(&mut self, records: &[u32], base: &mut u64, layout: &EventLayout) -> usize {
+        let taken = self.raster.events(records, base, layout, self.counters);
+        self.counters.overflow_records += taken.overflows;
+        self.counters.wraps += taken.wraps;
+        taken.records
     }
     fn marker(&mut self, tick: u64, mask: u8) {
         self.raster.marker(tick, mask, self.cubes, self.counters);
@@ -175,6 +182,7 @@ impl Engine {
 
     /// Counters that are levels of the raster's state rather than running totals.
     fn sync_levels(&mut self) {
+        self.raster.flush(&mut self.counters);
         self.counters.pending = self.raster.pending();
         let growth = self.raster.frames_per_slice() / self.cfg.raster.frames_per_slice as u64;
         self.counters.rebins = u64::from(growth.trailing_zeros());

@@ -141,12 +141,75 @@ impl RecordType {
         }
     }
 
+    /// Where this layout's plain detector events keep their fields.
+    pub fn event_layout(self) -> &'static EventLayout {
+        match self {
+            RecordType::PicoHarpT2 => &<PicoHarpT2 as Layout>::EVENTS,
+            RecordType::PicoHarpT3 => &<PicoHarpT3 as Layout>::EVENTS,
+            RecordType::HydraHarpV1T2 => &<HydraHarp<false, false> as Layout>::EVENTS,
+            RecordType::HydraHarpV1T3 => &<HydraHarp<true, false> as Layout>::EVENTS,
+            RecordType::GenericT2 => &<HydraHarp<false, true> as Layout>::EVENTS,
+            RecordType::GenericT3 => &<HydraHarp<true, true> as Layout>::EVENTS,
+        }
+    }
+
     /// Number of detector channels a valid event can carry (0-based, below this).
     pub const fn channels(self) -> u8 {
         match self {
             RecordType::PicoHarpT2 => 5,
             RecordType::PicoHarpT3 => 4,
             _ => 64,
+        }
+    }
+}
+
+/// Where a plain detector-event record keeps its fields: what a sink needs to take runs
+/// of them in bulk (`RecordSink::events`) without a call per record.
+#[derive(Debug)]
+pub struct EventLayout {
+    /// Distinct and nonzero per layout, so a sink can cache tables built for one.
+    pub id: u8,
+    /// `record >> key_shift` (below 128) tells what the record is.
+    pub key_shift: u32,
+    /// Per key: the 0-based channel of a detector event, [`OVERFLOW`] or [`NOT_EVENT`].
+    pub channel: [u8; 128],
+    /// The tick within the current time base (T2: time tag; T3: sync count).
+    pub time_mask: u32,
+    /// How overflow records advance the time base.
+    pub overflow: OverflowRule,
+}
+
+/// `EventLayout::channel` of a key that is not a detector event (special or malformed).
+pub const NOT_EVENT: u8 = u8::MAX;
+/// `EventLayout::channel` of the key of overflow records, where the key alone tells them.
+pub const OVERFLOW: u8 = u8::MAX - 1;
+
+impl EventLayout {
+    /// Keys `first..first + n` are channels `0..n`, `overflow` (if below 128) is the
+    /// overflow key, and every other key is not an event.
+    const fn new(
+        kind: RecordType,
+        id: u8,
+        key_shift: u32,
+        first: usize,
+        n: usize,
+        overflow: usize,
+    ) -> Self {
+        let mut channel = [NOT_EVENT; 128];
+        let mut k = first;
+        while k < first + n {
+            channel[k] = (k - first) as u8;
+            k += 1;
+        }
+        if overflow < 128 {
+            channel[overflow] = OVERFLOW;
+        }
+        EventLayout {
+            id,
+            key_shift,
+            channel,
+            time_mask: (1 << kind.time_bits()) - 1,
+            overflow: kind.overflow_rule(),
         }
     }
 }
@@ -164,6 +227,14 @@ pub trait RecordSink {
     fn overflow(&mut self, _count: u64) {}
     /// A record that fits no valid layout (reserved channel, invalid marker code).
     fn malformed(&mut self, _record: u32) {}
+    /// Offered before each record: the sink may take a prefix of `records` made of
+    /// detector events and overflow records only (as `layout` tells them), with the same
+    /// effect as the `event` and `overflow` calls they would make, advancing the time
+    /// base `base` over the overflows it takes; returns how many records it took.
+    #[inline(always)]
+    fn events(&mut self, _records: &[u32], _base: &mut u64, _layout: &EventLayout) -> usize {
+        0
+    }
 }
 
 /// Unwraps one record stream. State is kept between `feed` calls.
@@ -207,6 +278,7 @@ impl Decoder {
 
 /// One record layout. `step` decodes a record and advances `base` on overflow.
 trait Layout {
+    const EVENTS: EventLayout;
     fn step<S: RecordSink>(rec: u32, base: &mut u64, sink: &mut S);
 }
 
@@ -214,8 +286,15 @@ trait Layout {
 fn run<L: Layout, S: RecordSink>(records: &[u32], base: &mut u64, sink: &mut S) {
     // A local copy lets the base live in a register for the whole loop.
     let mut b = *base;
-    for &rec in records {
+    let mut rest = records;
+    loop {
+        // Runs of plain events go to the sink in bulk; it hands back what it cannot take.
+        let taken = sink.events(rest, &mut b, &L::EVENTS);
+        let Some((&rec, tail)) = rest[taken..].split_first() else {
+            break;
+        };
         L::step(rec, &mut b, sink);
+        rest = tail;
     }
     *base = b;
 }
@@ -225,6 +304,7 @@ const PH_SPECIAL: u32 = 15;
 
 struct PicoHarpT2;
 impl Layout for PicoHarpT2 {
+    const EVENTS: EventLayout = EventLayout::new(RecordType::PicoHarpT2, 1, 28, 0, 5, 128);
     #[inline(always)]
     fn step<S: RecordSink>(rec: u32, base: &mut u64, sink: &mut S) {
         const PERIOD: u64 = RecordType::PicoHarpT2.overflow_rule().period;
@@ -249,6 +329,8 @@ impl Layout for PicoHarpT2 {
 
 struct PicoHarpT3;
 impl Layout for PicoHarpT3 {
+    // Channels 1..=4 on the wire, reported 0-based.
+    const EVENTS: EventLayout = EventLayout::new(RecordType::PicoHarpT3, 2, 28, 1, 4, 128);
     #[inline(always)]
     fn step<S: RecordSink>(rec: u32, base: &mut u64, sink: &mut S) {
         const PERIOD: u64 = RecordType::PicoHarpT3.overflow_rule().period;
@@ -289,6 +371,10 @@ impl<const T3: bool, const COUNTED: bool> HydraHarp<T3, COUNTED> {
 }
 const HH_OVERFLOW: u8 = 63;
 impl<const T3: bool, const COUNTED: bool> Layout for HydraHarp<T3, COUNTED> {
+    // Key = special bit and channel: the 64 keys without the special bit are events, and
+    // the special channel 63 is an overflow.
+    const EVENTS: EventLayout =
+        EventLayout::new(Self::KIND, 3 + T3 as u8 + 2 * COUNTED as u8, 25, 0, 64, 127);
     #[inline(always)]
     fn step<S: RecordSink>(rec: u32, base: &mut u64, sink: &mut S) {
         let special = rec >> 31 != 0;

@@ -11,6 +11,14 @@ use crate::counters::{Counters, Reject};
 use crate::cube::{CubeSet, SliceAccess};
 use crate::error::Result;
 
+mod bulk;
+#[cfg(target_arch = "x86_64")]
+mod bulk_avx2;
+#[cfg(test)]
+mod bulk_tests;
+use bulk::Bulk;
+pub use bulk::Taken;
+
 const NO_POLARITY: u8 = u8::MAX;
 const MAX_HELD_DT: u64 = (1 << 56) - 1;
 
@@ -85,8 +93,9 @@ pub struct Raster {
     span: u64,
     div: FastDiv,
     nx: usize,
-    /// Fixed dwell: the open line's counts, `[species][x]`, the species touched (bit
-    /// mask), and what its events were counted as so far.
+    /// Fixed dwell: the open line's counts, `[species][x]` and a dump row for the bulk
+    /// path's unknown channels, the species touched (bit mask), and what its events were
+    /// counted as so far.
     bins: Vec<u32>,
     touched: u64,
     line_binned: u64,
@@ -96,6 +105,7 @@ pub struct Raster {
     /// After a link gap, until the next line start: events belong to a line whose start
     /// was lost.
     after_gap: bool,
+    bulk: Bulk,
 }
 
 impl Raster {
@@ -133,12 +143,20 @@ impl Raster {
             span: cfg.nx as u64 * cfg.dwell_ticks,
             div: FastDiv::new(cfg.dwell_ticks),
             nx,
-            bins: vec![0; if cfg.dwell_ticks == 0 { 0 } else { base * nx }],
+            bins: vec![
+                0;
+                if cfg.dwell_ticks == 0 {
+                    0
+                } else {
+                    (base + 1) * nx
+                }
+            ],
             touched: 0,
             line_binned: 0,
             line_tally: [0; Reject::COUNT],
             held: Vec::new(),
             after_gap: false,
+            bulk: Bulk::new(&cfg, base),
             cfg,
         })
     }
@@ -157,7 +175,7 @@ impl Raster {
     pub fn last_tick(&self) -> u64 {
         self.last_tick
     }
-    /// Events held by the open line, not yet binned or rejected.
+    /// Events held by the open line, not yet binned or rejected (after [`Raster::flush`]).
     pub fn pending(&self) -> u64 {
         self.held.len() as u64 + self.line_binned + self.line_tally.iter().sum::<u64>()
     }
@@ -274,6 +292,8 @@ impl Raster {
             y: self.lines_in_frame,
             frame,
         });
+        let binnable = frame.is_some() && self.lines_in_frame < self.cfg.ny;
+        self.open_bulk(tick, binnable);
         self.lines_in_frame = self.lines_in_frame.saturating_add(1);
     }
 
@@ -323,6 +343,7 @@ impl Raster {
     }
 
     fn close_line(&mut self, tick: u64, end: LineEnd, cubes: &mut CubeSet, c: &mut Counters) {
+        self.close_bulk(c);
         let Some(line) = self.line.take() else { return };
         let duration = tick - line.start;
         if self.line_is_good(duration, end) {
@@ -368,11 +389,11 @@ impl Raster {
             c.rejected[Reject::Budget as usize] += self.line_binned;
             return;
         };
-        let mut rows = cubes.line_rows(z, line.y as usize);
         let nx = self.nx;
         for s in set_bits(self.touched) {
             let add = &self.bins[s * nx..(s + 1) * nx];
-            rows[s]
+            cubes
+                .line_row(s, z, line.y as usize)
                 .iter_mut()
                 .zip(add)
                 .for_each(|(r, &a)| *r = r.wrapping_add(a));

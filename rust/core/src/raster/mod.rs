@@ -12,7 +12,7 @@ mod mapper;
 #[cfg(test)]
 mod tests;
 
-pub use mapper::Raster;
+pub use mapper::{Raster, Taken};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Switching {
