@@ -280,6 +280,9 @@ impl Raster {
     }
 
     fn open_line(&mut self, tick: u64) {
+        // The first line start after a gap re-establishes the raster position: events
+        // between later lines are ordinary flyback again.
+        self.after_gap = false;
         let frame = self.frame;
         let frame_offset = tick - self.frame_start;
         for t in self.targets.iter_mut() {

@@ -264,6 +264,10 @@ fn link_gap_drops_the_open_line_as_link_gap() {
     r.e(40, 0);
     r.m(83, STOP);
     assert_eq!(r.c.binned, 1);
+    // Once a line has started again, the time between lines is ordinary flyback.
+    r.e(85, 0);
+    assert_eq!(r.rejected(Reject::LinkGap), 2);
+    assert_eq!(r.rejected(Reject::Flyback), 1);
     assert!(r.balanced());
 }
 
