@@ -243,11 +243,6 @@ def test_a_late_start_sends_no_overflow_history() -> None:
     assert 0 < truth["overflow_records"] < 25
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="core: with end markers, frame 0 has no marker before it, so the core's "
-    "per-frame settle starts at tick 0, not at the raster's first line (raster.md)",
-)
 def test_end_marked_first_frame_settles_from_the_raster_start() -> None:
     s = Setup(frame_at="end", start_tick=5000, settle=(400, 3))
     run_against_core(s, line_start(s.emitter(), s, 6, 0))

@@ -85,6 +85,8 @@ pub struct Raster {
     last_tick: u64,
     frame: Option<u64>,
     frame_start: u64,
+    /// End-marked rasters have no marker before frame 0: it starts at its first line.
+    frame_start_pending: bool,
     lines_in_frame: u32,
     line: Option<OpenLine>,
     targets: Vec<Target>,
@@ -135,6 +137,7 @@ impl Raster {
             // With end markers, the first frame is under way before any marker arrives.
             frame: (cfg.frame_marker_at == FrameMarkerAt::End).then_some(0),
             frame_start: 0,
+            frame_start_pending: cfg.frame_marker_at == FrameMarkerAt::End,
             lines_in_frame: 0,
             line: None,
             targets,
@@ -270,6 +273,7 @@ impl Raster {
             }
             self.frame = Some(self.frame.map_or(0, |f| f + 1));
             self.frame_start = tick;
+            self.frame_start_pending = false;
             self.lines_in_frame = 0;
         }
         if mask & m.line_start != 0 {
@@ -283,6 +287,10 @@ impl Raster {
         // The first line start after a gap re-establishes the raster position: events
         // between later lines are ordinary flyback again.
         self.after_gap = false;
+        if self.frame_start_pending {
+            self.frame_start = tick;
+            self.frame_start_pending = false;
+        }
         let frame = self.frame;
         let frame_offset = tick - self.frame_start;
         for t in self.targets.iter_mut() {
