@@ -39,32 +39,7 @@ def detector_args(sim: SimProcess, override: dict[str, Any]) -> dict[str, Any]:
     """The `detector` dict of an Acquisition: the EventCore arguments of the test's
     configuration, and the simulator's port."""
     cfg = DetectorConfig.from_mapping(merge(default_document(), override)["detector"])
-    m = cfg.markers
-    return {
-        "host": "127.0.0.1",
-        "port": sim.ports["detector"],
-        "record_type": cfg.record_type,
-        "tick_s": cfg.tick_s,
-        "nx": cfg.nx,
-        "ny": cfg.ny,
-        "dwell_ticks": cfg.dwell_ticks,
-        "polarities": [
-            (p.name, list(p.channels), list(p.species), p.switching, p.settle_ticks)
-            for p in cfg.polarities
-        ],
-        "line_settle_ticks": cfg.line_settle_ticks,
-        "flyback_ticks": cfg.flyback_ticks,
-        "line_tolerance_ticks": cfg.line_tolerance_ticks,
-        "frames_per_slice": cfg.frames_per_slice,
-        "frame_marker": m.frame,
-        "line_start_marker": m.line_start,
-        "line_stop_marker": m.line_stop,
-        "mass_switch_marker": m.mass_switch,
-        "frame_marker_at": m.frame_at,
-        "memory_budget_bytes": cfg.memory_budget_bytes,
-        "budget_policy": cfg.budget_policy,
-        "clock_window_s": cfg.clock_window_s,
-    }
+    return {"host": "127.0.0.1", "port": sim.ports["detector"], **cfg.engine_args()}
 
 
 def pot_args(sim: SimProcess) -> dict[str, Any]:

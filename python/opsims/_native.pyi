@@ -410,7 +410,7 @@ class Acquisition:
     the instrument's watchdog opens the circuit if the owner hangs. Samples wait in a
     queue of ``sample_queue``; beyond it new samples are dropped and counted
     (``samples_dropped``). Every sample passes the native sample check before it is
-    queued (none yet: the interlock is issue 5's).
+    queued (a pass-through until the safety interlock is installed).
 
     Safe to call from any Python thread; waits and copies release the GIL. Bad values
     raise :class:`ConfigError` naming the key (``detector.nx: ...``). Dropping the object

@@ -117,32 +117,37 @@ class DetectorConfig:
             reader.reject_unknown()
         return config
 
-    def build(self) -> EventCore:
-        """The native pipeline for this configuration (the core validates consistency)."""
+    def engine_args(self) -> dict[str, Any]:
+        """The arguments of :class:`~opsims._native.EventCore` (and of the detector link
+        of :class:`~opsims._native.Acquisition`) for this configuration, by name."""
         m = self.markers
-        return EventCore(
-            self.record_type,
-            self.tick_s,
-            self.nx,
-            self.ny,
-            self.dwell_ticks,
-            [
+        return {
+            "record_type": self.record_type,
+            "tick_s": self.tick_s,
+            "nx": self.nx,
+            "ny": self.ny,
+            "dwell_ticks": self.dwell_ticks,
+            "polarities": [
                 (p.name, list(p.channels), list(p.species), p.switching, p.settle_ticks)
                 for p in self.polarities
             ],
-            line_settle_ticks=self.line_settle_ticks,
-            flyback_ticks=self.flyback_ticks,
-            line_tolerance_ticks=self.line_tolerance_ticks,
-            frames_per_slice=self.frames_per_slice,
-            frame_marker=m.frame,
-            line_start_marker=m.line_start,
-            line_stop_marker=m.line_stop,
-            mass_switch_marker=m.mass_switch,
-            frame_marker_at=m.frame_at,
-            memory_budget_bytes=self.memory_budget_bytes,
-            budget_policy=self.budget_policy,
-            clock_window_s=self.clock_window_s,
-        )
+            "line_settle_ticks": self.line_settle_ticks,
+            "flyback_ticks": self.flyback_ticks,
+            "line_tolerance_ticks": self.line_tolerance_ticks,
+            "frames_per_slice": self.frames_per_slice,
+            "frame_marker": m.frame,
+            "line_start_marker": m.line_start,
+            "line_stop_marker": m.line_stop,
+            "mass_switch_marker": m.mass_switch,
+            "frame_marker_at": m.frame_at,
+            "memory_budget_bytes": self.memory_budget_bytes,
+            "budget_policy": self.budget_policy,
+            "clock_window_s": self.clock_window_s,
+        }
+
+    def build(self) -> EventCore:
+        """The native pipeline for this configuration (the core validates consistency)."""
+        return EventCore(**self.engine_args())
 
 
 def _polarity(table: Any, path: str) -> Polarity:
