@@ -141,6 +141,7 @@ class SimProcess:
 @contextmanager
 def run_sim(tmp: Path, override: Mapping[str, Any] | None = None) -> Iterator[SimProcess]:
     doc = merge(default_document(), override or {})
+    tmp.mkdir(parents=True, exist_ok=True)
     config = tmp / "sim.toml"
     config.write_text(to_toml(doc))
     truth = tmp / "truth"
@@ -182,3 +183,65 @@ def _read_ports(proc: subprocess.Popen[str]) -> dict[str, int]:
         if proc.poll() is not None:
             raise RuntimeError(f"opsims-sim exited {proc.returncode}: {proc.stderr.read()}")
     raise TimeoutError("opsims-sim did not announce its ports")
+
+
+class DaemonProcess:
+    def __init__(
+        self, proc: subprocess.Popen[str], endpoints: dict[str, str], log_path: Path
+    ) -> None:
+        self.proc = proc
+        self.publish = endpoints["publish"]
+        self.control = endpoints["control"]
+        self.log_path = log_path
+
+    def stop(self) -> int:
+        """SIGTERM, as systemd stops it; the exit code."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout=30)
+
+    def log(self) -> str:
+        return self.log_path.read_text()
+
+
+@contextmanager
+def run_daemon(tmp: Path, override: Mapping[str, Any]) -> Iterator[DaemonProcess]:
+    """`opsimsd` as a process on a test configuration, its sockets on free ports."""
+    doc = merge(default_document(), override)
+    doc = merge(doc, {"daemon": {"publish": "tcp://127.0.0.1:*", "control": "tcp://127.0.0.1:*",
+                                 "state_dir": str(tmp / "state")}})  # fmt: skip
+    config = tmp / "opsimsd.toml"
+    config.write_text(to_toml(doc))
+    cmd = [sys.executable, "-m", "opsims.daemon.main", "--config", str(config)]
+    log_path = tmp / "opsimsd.log"
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log, text=True,
+                                env={**os.environ, "PYTHONUNBUFFERED": "1"})  # fmt: skip
+    try:
+        yield DaemonProcess(proc, _read_announcement(proc, log_path), log_path)
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        if proc.stdout is not None:
+            proc.stdout.close()
+
+
+def _read_announcement(proc: subprocess.Popen[str], log_path: Path) -> dict[str, str]:
+    assert proc.stdout is not None
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([proc.stdout], [], [], 0.2)
+        if ready:
+            line = proc.stdout.readline()
+            if line:
+                msg = json.loads(line)
+                if msg.get("event") == "listening":
+                    return {k: str(msg[k]) for k in ("publish", "control")}
+        if proc.poll() is not None:
+            raise RuntimeError(f"opsimsd exited {proc.returncode}: {log_path.read_text()}")
+    raise TimeoutError("opsimsd did not announce its sockets")

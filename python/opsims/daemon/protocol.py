@@ -163,7 +163,7 @@ class Runner:
     """Drives one protocol; fed samples and instrument events by the daemon's loop."""
 
     instrument: Instrument
-    publish: Callable[[dict[str, Any]], None]
+    publish: Callable[[dict[str, Any]], object]
     new_region: Callable[[], None] | None = None
     state: RunState = RunState.IDLE
     protocol: RunProtocol | None = None
@@ -269,10 +269,10 @@ class Runner:
             self._finish_step(t, "region", "moved to a fresh region")
 
     def _end(self, state: RunState, reason: str, detail: str) -> None:
-        self.instrument.open_circuit()  # first, whatever happens next
+        self.state = state  # first: a failing open-circuit may call abort again
+        self.instrument.open_circuit()  # then at once, whatever happens next
         if self.step is not None and state == RunState.ABORTED:
             self._emit(self.index, "aborted", reason, detail, device_s=self._last_s)
-        self.state = state
         self._emit(-1, state.value, reason, detail)
 
     def _emit(

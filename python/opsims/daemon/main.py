@@ -1,0 +1,431 @@
+"""``opsimsd``: the acquisition daemon (docs/daemon.md).
+
+The native core owns the instrument links in its own threads; this loop waits on it
+without the GIL, publishes what it produced, drives the run protocol, serves control and
+tells systemd it is alive. SIGTERM or SIGINT: open circuit first, end the run, stop the
+links, exit 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import select
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import numpy as np
+import zmq
+
+from opsims._native import Acquisition, CommandRefused, ConfigError
+from opsims.daemon.config import DaemonConfig
+from opsims.daemon.notify import Notifier
+from opsims.daemon.protocol import Runner, RunProtocol, RunState
+from opsims.daemon.publisher import (
+    Handler,
+    Publisher,
+    cube_snapshot,
+    handle_request,
+    snapshot_handler,
+)
+from opsims.wire import EC_SAMPLE_DTYPE, ControlError
+
+log = logging.getLogger("opsimsd")
+
+#: The longest the loop waits on the core: bounds control latency and signal handling.
+WAIT_S = 0.05
+
+
+class Daemon:
+    def __init__(self, config: DaemonConfig, overrides: list[str]) -> None:
+        self.config = config
+        self.overrides = overrides
+        self.notifier = Notifier()
+        self.stop_requested = False
+        self.started = time.monotonic()
+        self.sim: subprocess.Popen[str] | None = None
+        self.sim_control: tuple[str, int] | None = None
+        self.links: dict[str, dict[str, Any]] = {}
+        self.last_counters: dict[str, int] = {}
+        self.last_events_ns = time.time_ns()
+        self.eis_points: list[dict[str, Any]] = []
+
+    # --- life cycle -------------------------------------------------------------------
+
+    def run(self) -> int:
+        signal.signal(signal.SIGTERM, self._on_signal)
+        signal.signal(signal.SIGINT, self._on_signal)
+        try:
+            self._open()
+            self._loop()
+        finally:
+            self._shutdown()
+        return 0
+
+    def _open(self) -> None:
+        c = self.config
+        det_addr = (c.detector_link.host, c.detector_link.port)
+        pot_addr = (c.potentiostat_link.host, c.potentiostat_link.port)
+        if c.simulator == "embedded":
+            ports = self._start_simulator()
+            det_addr = ("127.0.0.1", ports["detector"])
+            pot_addr = ("127.0.0.1", ports["potentiostat"])
+            self.sim_control = ("127.0.0.1", ports["control"])
+        elif c.simulator == "external" and c.sim is not None:
+            self.sim_control = (c.sim.host, c.sim.control_port)
+        self.acq = Acquisition(
+            detector={"host": det_addr[0], "port": det_addr[1], **c.detector.engine_args()},
+            potentiostat={
+                "host": pot_addr[0],
+                "port": pot_addr[1],
+                "clock_window_s": c.potentiostat_clock_window_s,
+            },
+            clock_time_scale=c.clock_time_scale,
+            reconnect_initial_s=c.reconnect_initial_s,
+            reconnect_max_s=c.reconnect_max_s,
+            heartbeat_s=c.heartbeat_s,
+            liveness_s=c.liveness_s,
+        )
+        ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
+        self.pub = Publisher(
+            c.publish,
+            source=f"{c.source}@{socket.gethostname()}",
+            sndhwm=c.sndhwm,
+            context=ctx,
+            species=self.acq.species,
+        )
+        self.control = ctx.socket(zmq.REP)
+        self.control.setsockopt(zmq.LINGER, 0)
+        self.control.bind(c.control)
+        # One line for scripts and tests, as opsims-sim does: where to subscribe and call.
+        endpoints = {
+            "publish": self.pub.endpoint,
+            "control": self.control.getsockopt_string(zmq.LAST_ENDPOINT),
+        }
+        print(json.dumps({"event": "listening", **endpoints}), flush=True)
+        self.runner = Runner(
+            self,
+            lambda f: self.pub.publish("run", f),
+            self._new_region if self.sim_control else None,
+        )
+        self.handlers: dict[str, Handler] = {
+            "status": self.status,
+            "start_run": self.start_run,
+            "stop_run": self.stop_run,
+            "abort": self.abort,
+            "snapshot": snapshot_handler(
+                self.pub, {"cubes": self._cubes, "profile": self._profile}
+            ),
+        }
+
+    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+        self.stop_requested = True
+
+    def _loop(self) -> None:
+        c = self.config
+        ready = False
+        ready_deadline = time.monotonic() + c.ready_timeout_s
+        next_status = next_cubes = next_events = next_watchdog = time.monotonic()
+        while not self.stop_requested:
+            self.acq.kick()  # the potentiostat hears heartbeats only while this loop turns
+            self.acq.wait(WAIT_S)
+            self._drain()
+            now = time.monotonic()
+            if not ready and all(s == "up" for s in self.acq.link_states().values()):
+                ready = True
+                self.notifier.ready("links up, acquiring")
+                log.info("links up: ready")
+            elif not ready and now > ready_deadline:
+                ready_deadline = now + c.ready_timeout_s
+                log.warning("links not up after %.0f s: %s", c.ready_timeout_s, self.links)
+            if now >= next_cubes:
+                self._publish_cubes()
+                next_cubes = now + 1.0 / c.cube_rate_hz
+            if now >= next_events:
+                self._publish_events()
+                next_events = now + 1.0 / c.events_rate_hz
+            if now >= next_status:
+                self.pub.publish("status", self.status())
+                next_status = now + c.status_interval_s
+            self._serve_control()
+            interval = self.notifier.watchdog_interval_s
+            if interval is not None and now >= next_watchdog:
+                self.notifier.watchdog()
+                next_watchdog = now + interval
+
+    def _shutdown(self) -> None:
+        self.notifier.stopping("opening the circuit")
+        log.info("shutting down: open circuit first")
+        try:
+            if getattr(self, "runner", None) is not None:
+                self.runner.abort("daemon shutdown", reason="shutdown")
+            if getattr(self, "acq", None) is not None:
+                confirmed = self.acq.stop(open_circuit=True)
+                log.info("open circuit %s", "confirmed" if confirmed else "NOT confirmed")
+                self._drain()
+                self._publish_events()
+                self.pub.publish("status", {**self.status(), "stopping": True})
+        finally:
+            for closable in ("pub", "control"):
+                if getattr(self, closable, None) is not None:
+                    getattr(self, closable).close()
+            self._stop_simulator()
+            self.notifier.close()
+
+    def _stop_simulator(self) -> None:
+        if self.sim is None:
+            return
+        self.sim.send_signal(signal.SIGTERM)
+        try:
+            self.sim.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.sim.kill()
+            self.sim.wait()
+        if self.sim.stdout is not None:
+            self.sim.stdout.close()
+
+    def _start_simulator(self) -> dict[str, int]:
+        cmd = [
+            sys.executable,
+            "-m",
+            "opsims.sim.cli",
+            "--config",
+            str(self.config.path),
+            "--any-port",
+        ]
+        for item in self.overrides:
+            cmd += ["--set", item]
+        # Its own session: a Ctrl-C or a group signal reaches the daemon only, which opens
+        # the circuit through the simulator before stopping it.
+        self.sim = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, start_new_session=True)
+        assert self.sim.stdout is not None
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([self.sim.stdout], [], [], 0.2)
+            if ready:
+                msg = json.loads(self.sim.stdout.readline() or "{}")
+                if msg.get("event") == "listening":
+                    log.info("simulator up: %s", msg)
+                    return {k: int(msg[k]) for k in ("detector", "potentiostat", "control")}
+            if self.sim.poll() is not None:
+                raise RuntimeError(f"the simulator exited with {self.sim.returncode}")
+        raise RuntimeError("the simulator did not start within 30 s")
+
+    # --- data out ---------------------------------------------------------------------
+
+    def _drain(self) -> None:
+        cols = self.acq.take_samples()
+        n = len(cols["tick"])
+        if n:
+            samples = np.empty(n, EC_SAMPLE_DTYPE)
+            for name in EC_SAMPLE_DTYPE.names or ():
+                samples[name] = cols[name]
+            run = self.runner
+            self.pub.publish(
+                "ec",
+                {
+                    "run_id": run.run_id if run.state == RunState.RUNNING else None,
+                    "step": run.index if run.state == RunState.RUNNING else None,
+                },
+                {"samples": samples},
+            )
+            hello = self.acq.hello()
+            if hello is not None:
+                tick_s = hello["tick_fs"] * 1e-15
+                run.on_samples(cols["tick"] * tick_s, cols["ewe_v"], cols["current_a"])
+        for event in self.acq.take_events():
+            kind = event.pop("kind")
+            event["event_ns"] = event.pop("host_ns")  # `host_ns` is the header's: publish time
+            if kind == "link":
+                self.links[event["link"]] = {**event, "since_ns": event["event_ns"]}
+                self.pub.publish("link", event)
+                log.info("%s link %s: %s", event["link"], event["state"], event.get("reason"))
+            elif kind == "eis_point":
+                self.pub.publish("eis", event)
+            elif kind == "instrument_event":
+                self.pub.publish("instrument", event)
+                if event["name"] in ("eis_done", "eis_aborted"):
+                    self.runner.on_eis_done(aborted=event["name"] == "eis_aborted")
+
+    def _publish_cubes(self) -> None:
+        first = self.acq.take_dirty()
+        n = self.acq.n_slices
+        if first is not None:
+            for s in range(len(self.acq.species)):
+                for z in range(first, n):
+                    self.pub.mark_dirty(s, z)
+        if not n:
+            return
+        counters = self.acq.counters()
+        self.pub.flush_cubes(
+            lambda s, z: self.acq.cube(s, z, z + 1)[0],
+            max_messages=4 * len(self.acq.species),
+            frames_per_slice=self.acq.frames_per_slice,
+            n_slices=n,
+            rebins=counters.get("rebins", 0),
+        )
+        if first is not None:
+            fields, arrays = self._profile()
+            self.pub.publish("profile", fields, arrays)
+
+    def _publish_events(self) -> None:
+        totals = self.acq.counters()
+        now = time.time_ns()
+        deltas = {k: v - self.last_counters.get(k, 0) for k, v in totals.items()}
+        dt = max(1e-9, (now - self.last_events_ns) * 1e-9)
+        self.pub.publish(
+            "events",
+            {
+                "t0_ns": self.last_events_ns,
+                "t1_ns": now,
+                "totals": totals,
+                "deltas": deltas,
+                "rates": {"events": deltas.get("events", 0) / dt},
+            },
+        )
+        self.last_counters, self.last_events_ns = totals, now
+
+    def _cubes(self) -> tuple[dict[str, Any], dict[str, Any]]:
+        names = self.acq.species
+        cubes = {name: self.acq.cube(name) for name in names}
+        return cube_snapshot(
+            cubes,
+            frames_per_slice=self.acq.frames_per_slice,
+            n_slices=self.acq.n_slices,
+            rebins=self.acq.counters().get("rebins", 0),
+        )
+
+    def _profile(self) -> tuple[dict[str, Any], dict[str, Any]]:
+        fields = {
+            "species": self.acq.species,
+            "frames_per_slice": self.acq.frames_per_slice,
+            "n_slices": self.acq.n_slices,
+            "rebins": self.acq.counters().get("rebins", 0),
+        }
+        return fields, {"profile": self.acq.depth_profile()}
+
+    # --- control ----------------------------------------------------------------------
+
+    def _serve_control(self) -> None:
+        while self.control.poll(0, zmq.POLLIN):
+            frames = self.control.recv_multipart(copy=True)
+            self.control.send_multipart(handle_request(frames, self.handlers), copy=False)
+
+    def status(self) -> dict[str, Any]:
+        counters = self.acq.counters()
+        run = self.runner
+        return {
+            "uptime_s": time.monotonic() - self.started,
+            "links": {
+                name: {"state": state, **_link_detail(self.links.get(name))}
+                for name, state in self.acq.link_states().items()
+            },
+            "drops": {
+                k: counters.get(k, 0)
+                for k in (
+                    "link_frames_lost",
+                    "link_frames_corrupt",
+                    "rejected_total",
+                    "samples_dropped",
+                    "events_dropped",
+                )
+            },
+            "counters": counters,
+            "clocks": self.acq.clock_states(),
+            "memory": {
+                "cube_bytes": counters.get("allocated_bytes", 0),
+                "cube_budget_bytes": self.config.detector.memory_budget_bytes,
+            },
+            "publisher": self.pub.stats(),
+            "safety_state": "unmonitored",  # the interlock arrives with its own module
+            "run": {
+                "run_id": run.run_id,
+                "state": run.state.value,
+                "step": run.index,
+                "kind": run.step.kind if run.step else None,
+            },
+        }
+
+    def start_run(self, protocol: dict[str, Any]) -> dict[str, Any]:
+        if self.runner.state == RunState.RUNNING:
+            raise ControlError("busy", f"run {self.runner.run_id} is running")
+        try:
+            parsed = RunProtocol.from_mapping(protocol)
+        except ConfigError as e:
+            raise ControlError("bad_arguments", str(e)) from e
+        return {"run_id": self.runner.start(parsed)}
+
+    def stop_run(self) -> dict[str, Any]:
+        self.runner.stop()
+        return {"run_id": self.runner.run_id}
+
+    def abort(self, reason: str = "aborted by operator") -> dict[str, Any]:
+        self.runner.abort(str(reason))
+        return {"run_id": self.runner.run_id}
+
+    # --- the instrument, for the runner ----------------------------------------------
+
+    def set_current(self, amps: float) -> None:
+        self._command(lambda: self.acq.set_current(amps))
+
+    def open_circuit(self) -> None:
+        self._command(self.acq.open_circuit)
+
+    def start_eis(self, f_start: float, f_stop: float, ppd: int, amplitude: float) -> None:
+        self._command(lambda: self.acq.start_eis(f_start, f_stop, ppd, amplitude))
+
+    def _command(self, call: Any) -> None:
+        try:
+            call()
+        except (CommandRefused, ConnectionError, TimeoutError) as e:
+            log.error("potentiostat command failed: %s", e)
+            self.runner.abort(f"the potentiostat did not accept a command: {e}")
+
+    def _new_region(self) -> None:
+        assert self.sim_control is not None
+        with socket.create_connection(self.sim_control, timeout=5) as s:
+            s.sendall(b'{"cmd": "new_region"}\n')
+            reply = json.loads(s.makefile("rb").readline())
+        if not reply.get("ok"):
+            raise RuntimeError(f"the simulator refused a new region: {reply}")
+
+
+def _link_detail(event: dict[str, Any] | None) -> dict[str, Any]:
+    if event is None:
+        return {}
+    return {"since_ns": event["since_ns"], "last_reason": event.get("reason", "")}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="opsimsd", description=__doc__)
+    parser.add_argument("--config", type=Path, required=True, help="TOML configuration")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config value (TOML syntax), e.g. sim.acceleration=60",
+    )
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="opsimsd: %(levelname)s %(message)s")
+    try:
+        config = DaemonConfig.load(args.config, args.set)
+    except ConfigError as e:
+        print(f"opsimsd: configuration error: {e}", file=sys.stderr)
+        return 2
+    try:
+        return Daemon(config, args.set).run()
+    except (zmq.ZMQError, OSError, RuntimeError) as e:
+        print(f"opsimsd: cannot start: {e}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,184 @@
+"""opsimsd end to end: the simulator and the daemon as real processes on loopback, a
+subscriber on every topic and the control socket, an accelerated protocol."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from opsims.client import Control, ControlError, Subscriber
+from opsims.wire import Message
+from support.simproc import merge, run_daemon, run_sim, small_raster
+
+ACCELERATION = 100.0
+SIM = merge(
+    small_raster(nx=32, ny=16, dwell_ticks=200_000_000, frames_per_slice=20),
+    {"sim": {"acceleration": ACCELERATION, "potentiostat": {"sample_period_s": 0.1},
+             "specimen": {"total_rate_hz": 3000.0}}},
+)  # fmt: skip
+PROTOCOL = {
+    "name": "short plate-strip-eis",
+    "steps": [
+        {"kind": "rest", "duration_s": 5},
+        {"kind": "constant_current", "current_a": -4e-8, "duration_s": 120},
+        {"kind": "strip", "current_a": 4e-8, "depletion_v": 5.0, "max_duration_s": 300},
+        {"kind": "eis", "f_start_hz": 7e6, "f_stop_hz": 100, "points_per_decade": 5},
+    ],
+}
+
+
+def external(sim_ports: dict[str, int]) -> dict[str, Any]:
+    """Daemon settings that attach to an already running simulator."""
+    return merge(SIM, {
+        "daemon": {"simulator": "external", "cube_rate_hz": 20.0},
+        "links": {"detector": {"port": sim_ports["detector"]},
+                  "potentiostat": {"port": sim_ports["potentiostat"]}},
+        "sim": {"control_port": sim_ports["control"]},
+    })  # fmt: skip
+
+
+def collect(sub: Subscriber, until: Any, timeout_s: float) -> list[Message]:
+    got: list[Message] = []
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        msg = sub.recv(0.2)
+        if msg is not None:
+            got.append(msg)
+            if until(msg):
+                return got
+    raise AssertionError(f"timed out; last topics {Counter(m.topic for m in got[-50:])}")
+
+
+def test_a_protocol_through_the_daemon(tmp_path: Path) -> None:
+    with (
+        run_sim(tmp_path / "sim", SIM) as sim,
+        run_daemon(tmp_path, external(sim.ports)) as daemon,
+        Subscriber(daemon.publish) as sub,
+        Control(daemon.control) as ctl,
+    ):
+        time.sleep(0.3)  # the subscription reaches the publisher
+        status = ctl.status()
+        deadline = time.monotonic() + 20
+        while any(s["state"] != "up" for s in status["links"].values()):
+            assert time.monotonic() < deadline, status["links"]
+            time.sleep(0.1)
+            status = ctl.status()
+        run_id = ctl.start_run(PROTOCOL)["run_id"]
+        with pytest.raises(ControlError) as busy:
+            ctl.start_run(PROTOCOL)
+        assert busy.value.code == "busy"
+
+        def run_over(m: Message) -> bool:
+            return m.topic == "run" and m.fields["step"] == -1 and m.fields["state"] != "started"
+
+        messages = collect(sub, run_over, timeout_s=60)
+        messages += collect(sub, lambda m: m.topic == "status", timeout_s=5)
+        snapshot = ctl.snapshot("cubes")
+        truth = sim.truth()
+        cubes = sim.truth_cubes()
+        assert daemon.stop() == 0
+        log = daemon.log()
+    topics = Counter(m.topic for m in messages)
+    for topic in ("ec", "events", "cube", "profile", "run", "status"):
+        assert topics[topic] > 0, (topic, topics)
+    assert sub.gaps == 0, sub.gaps
+    runs = [m.fields for m in messages if m.topic == "run"]
+    assert runs[-1]["run_id"] == run_id and runs[-1]["reason"] == "complete", runs[-1]
+    finished = [r["kind"] for r in runs if r["step"] >= 0 and r["state"] == "finished"]
+    assert finished == ["rest", "constant_current", "strip", "eis"]
+
+    # The EC samples are the simulated cell's: same ticks, same values, on host time.
+    ec = np.concatenate([m.arrays["samples"] for m in messages if m.topic == "ec"])
+    t = _truth_samples(tmp_path / "sim" / "truth")
+    # Both unwrap the same 32-bit counter from the same start: the ticks are equal.
+    true_ticks = t["tick"].astype(np.int64)
+    index = np.searchsorted(true_ticks, ec["tick"].astype(np.int64))
+    np.testing.assert_array_equal(true_ticks[index], ec["tick"])
+    np.testing.assert_array_equal(t["ewe_v"][index], ec["ewe_v"])
+    np.testing.assert_array_equal(t["current_a"][index], ec["current_a"])
+    assert np.all(np.diff(ec["host_ns"]) >= 0)
+    plating = ec[ec["current_a"] < 0]
+    assert np.allclose(plating["current_a"], -4e-8, rtol=0.05)
+    assert ec["ewe_v"].max() > 5.0  # the strip ran into depletion and was stopped there
+
+    # The cubes: every complete slice equals the simulator's true counts.
+    n = snapshot.fields["n_slices"]
+    assert n >= 3
+    for name in snapshot.fields["species"]:
+        np.testing.assert_array_equal(snapshot.arrays[name][: n - 1], cubes[name][: n - 1])
+    # And the counters the daemon published balance.
+    events = [m.fields for m in messages if m.topic == "events"][-1]["totals"]
+    assert events["events"] == events["binned"] + events["rejected_total"] + events["pending"]
+    commands = [c["kind"] for c in truth["potentiostat"]["commands"] if c["kind"] != "HEARTBEAT"]
+    assert commands[-1] == "OPEN_CIRCUIT"
+    assert "open circuit confirmed" in log
+
+
+def _truth_samples(sim_truth_dir: Path) -> dict[str, np.ndarray]:
+    with np.load(sim_truth_dir / "samples.npz") as z:
+        return {k: z[k] for k in z.files}
+
+
+def test_bad_control_messages_get_structured_errors(tmp_path: Path) -> None:
+    with (
+        run_sim(tmp_path / "sim", SIM) as sim,
+        run_daemon(tmp_path, external(sim.ports)) as daemon,
+        Control(daemon.control, timeout_s=5) as ctl,
+    ):
+        cases: list[tuple[Callable[[], object], str]] = [
+            (lambda: ctl.call("dance"), "unknown_command"),
+            (lambda: ctl.start_run({"steps": [{"kind": "rest"}]}), "bad_arguments"),
+            (lambda: ctl.start_run({"steps": "all of them"}), "bad_arguments"),
+            (lambda: ctl.call("status", verbose=True), "bad_arguments"),
+            (lambda: ctl.snapshot("everything"), "bad_arguments"),
+        ]
+        for call, code in cases:
+            with pytest.raises(ControlError) as e:
+                call()
+            assert e.value.code == code, e.value
+        assert ctl.status()["uptime_s"] > 0  # still serving
+        assert daemon.stop() == 0
+
+
+def test_bad_config_is_refused_with_the_key_path(tmp_path: Path) -> None:
+    cfg = tmp_path / "bad.toml"
+    cfg.write_text((Path(__file__).parents[1] / "config" / "opsimsd.toml").read_text()
+                   + "\n[links.bogus]\nport = 1\n")  # fmt: skip
+    done = subprocess.run([sys.executable, "-m", "opsims.daemon.main", "--config", str(cfg)],
+                          capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert done.returncode == 2
+    assert "links: unknown key(s) bogus" in done.stderr
+
+
+def test_simulator_that_disconnects_and_comes_back(tmp_path: Path) -> None:
+    with (
+        run_sim(tmp_path / "sim", SIM) as sim,
+        run_daemon(tmp_path, external(sim.ports)) as daemon,
+        Subscriber(daemon.publish, ["link", "ec"]) as sub,
+    ):
+        collect(sub, lambda m: m.topic == "ec", timeout_s=20)
+        sim.fault("potentiostat", "disconnect", 1)
+        sim.fault("detector", "disconnect", 1)
+        states: list[tuple[str, str]] = []
+
+        def both_back(m: Message) -> bool:
+            if m.topic == "link":
+                states.append((m.fields["link"], m.fields["state"]))
+            return all(
+                (link, "down") in states and states[-1:] != [(link, "down")]
+                and (link, "up") in states[states.index((link, "down")):]
+                for link in ("detector", "potentiostat")
+            )  # fmt: skip
+
+        collect(sub, both_back, timeout_s=30)
+        collect(sub, lambda m: m.topic == "ec", timeout_s=10)  # samples flow again
+        daemon.proc.send_signal(signal.SIGINT)  # Ctrl-C is a clean stop too
+        assert daemon.proc.wait(timeout=30) == 0
