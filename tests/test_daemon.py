@@ -3,6 +3,7 @@ subscriber on every topic and the control socket, an accelerated protocol."""
 
 from __future__ import annotations
 
+import json
 import signal
 import subprocess
 import sys
@@ -182,3 +183,27 @@ def test_simulator_that_disconnects_and_comes_back(tmp_path: Path) -> None:
         collect(sub, lambda m: m.topic == "ec", timeout_s=10)  # samples flow again
         daemon.proc.send_signal(signal.SIGINT)  # Ctrl-C is a clean stop too
         assert daemon.proc.wait(timeout=30) == 0
+
+
+def test_opsims_commands_talk_to_the_daemon(tmp_path: Path) -> None:
+    def opsims(*args: str) -> Any:
+        done = subprocess.run([sys.executable, "-m", "opsims.cli", *args, "--json",
+                               "--control", daemon.control, "--publish", daemon.publish],
+                              capture_output=True, text=True, timeout=60)  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        return json.loads(done.stdout)
+
+    protocol = tmp_path / "rest.toml"
+    protocol.write_text('name = "rest"\n[[steps]]\nkind = "rest"\nduration_s = 600\n')
+    with run_sim(tmp_path / "sim", SIM) as sim, run_daemon(tmp_path, external(sim.ports)) as daemon:
+        status = opsims("status")
+        assert set(status["links"]) == {"detector", "potentiostat"}
+        assert opsims("run", str(protocol))["run_id"] == "run-1"
+        deadline = time.monotonic() + 20
+        while opsims("status")["run"]["state"] != "finished":
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+        snap = opsims("snapshot", "--what", "profile")
+        assert snap["arrays"]["profile"][1] == 9  # species columns
+        assert snap["seq"] >= 0
+        assert daemon.stop() == 0

@@ -1,21 +1,44 @@
-"""The README's main command, shortened: `opsims demo` runs a whole experiment on a real
-simulator process and exits 0 only if its counters balance."""
+"""The README's main command, shortened: `opsims demo` starts opsimsd (which starts the
+simulator), runs a protocol through the control socket and watches the stream; it exits
+0 only if the run completed and the published counters balance."""
 
 from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 from support.simproc import DEFAULT_CONFIG
 
+SHORT = """
+name = "short demo"
+[[steps]]
+kind = "rest"
+duration_s = 5
+[[steps]]
+kind = "constant_current"
+current_a = -4e-8
+duration_s = 180
+[[steps]]
+kind = "strip"
+current_a = 4e-8
+depletion_v = 5.0
+[[steps]]
+kind = "eis"
+points_per_decade = 3
+"""
 
-def test_demo_runs_an_experiment_end_to_end() -> None:
+
+def test_demo_runs_an_experiment_through_the_daemon(tmp_path: Path) -> None:
+    protocol = tmp_path / "short.toml"
+    protocol.write_text(SHORT)
     cmd = [sys.executable, "-m", "opsims.cli", "demo", "--config", str(DEFAULT_CONFIG),
-           "--acceleration", "600", "--plate-minutes", "3"]  # fmt: skip
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, done.stderr
+           "--protocol", str(protocol), "--acceleration", "300"]  # fmt: skip
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     out = done.stdout
-    assert "impedance before plating: 25 points" in out
-    assert "the island is depleted" in out
-    assert "impedance after cycling: 25 points" in out
+    assert "started run-1: short demo" in out
+    assert "strip finished" in out and "|Ewe|" in out  # the strip ended on depletion
     assert "Na+ ion map" in out and "depth profile" in out
+    assert "counters balance" in out
+    assert "open circuit confirmed" in done.stderr

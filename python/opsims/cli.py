@@ -1,10 +1,18 @@
-"""The ``opsims`` command."""
+"""The ``opsims`` command: talk to a running opsimsd, or run the demo."""
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
+import tomllib
 from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+CONTROL = "tcp://127.0.0.1:7411"
+PUBLISH = "tcp://127.0.0.1:7410"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -12,18 +20,94 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     demo = sub.add_parser("demo", help="a live operando experiment on the simulator, no hardware")
     demo.add_argument("--config", type=Path, default=Path("config/opsimsd.toml"))
-    demo.add_argument(
-        "--acceleration", type=float, default=30.0, help="simulated s per wall s (default 30)"
-    )
-    demo.add_argument(
-        "--plate-minutes", type=float, default=30.0, help="simulated plating time (default 30)"
-    )
+    demo.add_argument("--protocol", type=Path, default=Path("config/protocols/demo.toml"))
+    demo.add_argument("--acceleration", type=float, default=30.0,
+                      help="simulated s per wall s (default 30)")  # fmt: skip
+    commands = {
+        "status": "the daemon's status",
+        "snapshot": "cubes or profile now",
+        "run": "start a run protocol (TOML)",
+        "monitor": "a live view of the published stream",
+    }
+    for name, text in commands.items():
+        p = sub.add_parser(name, help=text)
+        p.add_argument("--control", default=CONTROL)
+        p.add_argument("--publish", default=PUBLISH)
+        p.add_argument("--json", action="store_true", help="machine-readable output")
+        if name == "run":
+            p.add_argument("protocol", type=Path)
+            p.add_argument("--wait", action="store_true", help="watch until the run ends")
+        if name == "snapshot":
+            p.add_argument("--what", choices=("cubes", "profile"), default="profile")
+            p.add_argument("--out", type=Path, help="write the arrays to this .npz")
     args = parser.parse_args(argv)
     if args.command == "demo":
         from opsims.demo import main as demo_main
 
-        return demo_main(args.config, args.acceleration, args.plate_minutes)
-    return 2
+        return demo_main(args.config, args.protocol, args.acceleration)
+    from opsims.client import ControlError
+
+    try:
+        return {"status": _status, "run": _run, "snapshot": _snapshot,
+                "monitor": _monitor}[args.command](args)  # fmt: skip
+    except ControlError as e:
+        print(f"opsims {args.command}: {e.code}: {e.message}", file=sys.stderr)
+        return 1
+
+
+def _status(args: argparse.Namespace) -> int:
+    from opsims.client import Control
+
+    with Control(args.control) as ctl:
+        status = ctl.status()
+    if args.json:
+        print(json.dumps(status, default=str))
+        return 0
+    print(f"opsimsd up {status['uptime_s']:.0f} s; run: {status['run']}")
+    for name, link in status["links"].items():
+        print(f"  {name:<13} {link['state']}")
+    for name, clock in status["clocks"].items():
+        print(f"  clock {name:<7} drift {clock.get('drift_ppm', float('nan')):8.2f} ppm  "
+              f"residual {clock.get('residual_ns', 0) / 1e3:8.1f} µs")  # fmt: skip
+    print("  drops: " + ", ".join(f"{k} {v}" for k, v in status["drops"].items()))
+    return 0
+
+
+def _run(args: argparse.Namespace) -> int:
+    from opsims.client import Control
+    from opsims.monitor import watch
+
+    with open(args.protocol, "rb") as f:
+        protocol: dict[str, Any] = tomllib.load(f)
+    with Control(args.control) as ctl:
+        run_id = ctl.start_run(protocol)["run_id"]
+    print(json.dumps({"run_id": run_id}) if args.json else f"started {run_id}")
+    if args.wait:
+        state = watch(args.publish, until=lambda s: s.run_over)
+        return 0 if state.run.get("reason") == "complete" else 1
+    return 0
+
+
+def _snapshot(args: argparse.Namespace) -> int:
+    from opsims.client import Control
+
+    with Control(args.control) as ctl:
+        snap = ctl.snapshot(args.what)
+    if args.out is not None:
+        np.savez_compressed(args.out, allow_pickle=False, **snap.arrays)
+    shapes = {k: list(v.shape) for k, v in snap.arrays.items()}
+    if args.json:
+        print(json.dumps({"seq": snap.seq, **snap.fields, "arrays": shapes}, default=str))
+    else:
+        print(f"snapshot {args.what} at seq {snap.seq}: {shapes}")
+    return 0
+
+
+def _monitor(args: argparse.Namespace) -> int:
+    from opsims.monitor import watch
+
+    watch(args.publish)
+    return 0
 
 
 if __name__ == "__main__":

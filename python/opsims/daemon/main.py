@@ -293,14 +293,15 @@ class Daemon:
         self.last_counters, self.last_events_ns = totals, now
 
     def _cubes(self) -> tuple[dict[str, Any], dict[str, Any]]:
-        names = self.acq.species
-        cubes = {name: self.acq.cube(name) for name in names}
-        return cube_snapshot(
-            cubes,
-            frames_per_slice=self.acq.frames_per_slice,
-            n_slices=self.acq.n_slices,
-            rebins=self.acq.counters().get("rebins", 0),
-        )
+        """Every species' cube over the same slices: the binning is read first and the
+        read is repeated if a rebin changed it meanwhile (slices only grow otherwise)."""
+        acq = self.acq
+        for _ in range(5):
+            rebins, fps, n = acq.counters().get("rebins", 0), acq.frames_per_slice, acq.n_slices
+            cubes = {name: acq.cube(name, 0, n) for name in acq.species}
+            if acq.counters().get("rebins", 0) == rebins:
+                return cube_snapshot(cubes, frames_per_slice=fps, n_slices=n, rebins=rebins)
+        raise ControlError("busy", "the cubes kept rebinning; try again")
 
     def _profile(self) -> tuple[dict[str, Any], dict[str, Any]]:
         fields = {

@@ -427,6 +427,8 @@ pub(crate) struct PotSession {
     raw: Vec<u64>,
     ticks: Vec<u64>,
     batch: Vec<Sample>,
+    /// The last host time given to a sample: a clock refit never moves samples back.
+    last_host_ns: i64,
 }
 
 fn is_timeout(e: &std::io::Error) -> bool {
@@ -453,6 +455,7 @@ impl PotSession {
             raw: Vec::new(),
             ticks: Vec::new(),
             batch: Vec::new(),
+            last_host_ns: i64::MIN,
         }
     }
 
@@ -591,7 +594,11 @@ impl PotSession {
                 None => None,
             };
             for (w, &tick) in self.wire.iter().zip(&self.ticks) {
-                let host_ns = fitted.and_then(|m| m.to_host_ns(tick)).unwrap_or(arrival);
+                let modelled = fitted.and_then(|m| m.to_host_ns(tick)).unwrap_or(arrival);
+                // Cycle graphs are plotted against host time: keep it non-decreasing when
+                // the first fit or a refit would put a sample before its predecessor.
+                let host_ns = modelled.max(self.last_host_ns);
+                self.last_host_ns = host_ns;
                 self.batch.push(Sample {
                     host_ns,
                     arrival_ns: arrival,
