@@ -207,3 +207,17 @@ def test_opsims_commands_talk_to_the_daemon(tmp_path: Path) -> None:
         assert snap["arrays"]["profile"][1] == 9  # species columns
         assert snap["seq"] >= 0
         assert daemon.stop() == 0
+
+
+def test_shipped_configurations_load() -> None:
+    from opsims.daemon.config import DaemonConfig
+
+    root = Path(__file__).resolve().parents[1] / "config"
+    default = DaemonConfig.load(root / "opsimsd.toml")
+    assert default.simulator == "embedded" and default.sim is not None
+    production = DaemonConfig.load(root / "opsimsd.production.toml")
+    assert production.simulator == "none" and production.sim is None
+    assert production.clock_time_scale == 1.0
+    assert production.detector == default.detector.__class__(
+        **{**default.detector.__dict__, "memory_budget_bytes": 8 << 30}
+    )
