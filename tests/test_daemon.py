@@ -221,3 +221,29 @@ def test_shipped_configurations_load() -> None:
     assert production.detector == default.detector.__class__(
         **{**default.detector.__dict__, "memory_budget_bytes": 8 << 30}
     )
+
+
+def test_a_client_joining_mid_run_mirrors_the_cubes(tmp_path: Path) -> None:
+    """Snapshot plus the cube updates after it: the joiner ends with the daemon's cubes,
+    with no gap and no double count (the Clone pattern against the real daemon)."""
+    from opsims.client import CubeMirror
+
+    with run_sim(tmp_path / "sim", SIM) as sim, run_daemon(tmp_path, external(sim.ports)) as daemon:
+        time.sleep(1.5)  # the raster is well under way
+        with CubeMirror(daemon.publish, daemon.control) as mirror:
+            end = time.monotonic() + 2.0
+            while time.monotonic() < end:
+                mirror.poll(0.1)
+            sim.fault("detector", "stall_s", 3.0)  # hold the data still...
+            time.sleep(0.5)
+            end = time.monotonic() + 1.0
+            while time.monotonic() < end:  # ...and let the last updates arrive
+                mirror.poll(0.1)
+            with Control(daemon.control) as ctl:
+                snap = ctl.snapshot("cubes")
+            assert mirror.applied > 0 and mirror.n_slices >= 3
+            n = snap.fields["n_slices"]
+            assert mirror.n_slices == n
+            for name in snap.fields["species"]:
+                np.testing.assert_array_equal(mirror.cubes[name], snap.arrays[name], name)
+        assert daemon.stop() == 0
