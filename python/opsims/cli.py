@@ -37,6 +37,19 @@ def main(argv: list[str] | None = None) -> int:
         if name == "run":
             p.add_argument("protocol", type=Path)
             p.add_argument("--wait", action="store_true", help="watch until the run ends")
+        if name == "monitor":
+            p.add_argument(
+                "--plot",
+                action="store_true",
+                help="a live plot: cycle graph and depth profile (matplotlib)",
+            )
+            p.add_argument(
+                "--plot-file",
+                type=Path,
+                help="no window: write the plot as PNG to this path at the end",
+            )
+            p.add_argument("--duration", type=float, help="stop after this many seconds")
+            p.add_argument("--refresh", type=float, default=1.0, help="seconds between redraws")
         if name == "snapshot":
             p.add_argument("--what", choices=("cubes", "profile"), default="profile")
             p.add_argument("--out", type=Path, help="write the arrays to this .npz")
@@ -104,9 +117,24 @@ def _snapshot(args: argparse.Namespace) -> int:
 
 
 def _monitor(args: argparse.Namespace) -> int:
-    from opsims.monitor import watch
+    import time
 
-    watch(args.publish)
+    from opsims.monitor import plot, watch
+
+    if args.plot or args.plot_file is not None:
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            print("opsims monitor --plot needs matplotlib: pip install 'opsims[plot]'",
+                  file=sys.stderr)  # fmt: skip
+            return 2
+        plot_file = None if args.plot_file is None else str(args.plot_file)
+        plot(args.publish, plot_file=plot_file, duration_s=args.duration,
+             refresh_s=args.refresh)  # fmt: skip
+        return 0
+    end = None if args.duration is None else time.monotonic() + args.duration
+    watch(args.publish, until=lambda s: end is not None and time.monotonic() >= end,
+          refresh_s=args.refresh)  # fmt: skip
     return 0
 
 

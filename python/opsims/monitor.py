@@ -4,6 +4,7 @@ number of monitors can watch without touching acquisition."""
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 from collections.abc import Callable
@@ -109,4 +110,131 @@ def watch(
         except KeyboardInterrupt:
             pass
         out.write("\n")
+    return state
+
+
+#: EC samples kept for the cycle graph: about 1 h at the default 100 Hz.
+PLOT_SAMPLES = 400_000
+
+
+class CyclePlot:
+    """Two panels, refreshed from the stream: the cycle graph (Ewe and I against time,
+    from ``ec``) and the live depth profile (counts per slice and species, ``profile``).
+    Needs matplotlib (the ``plot`` extra)."""
+
+    def __init__(self, headless: bool) -> None:
+        import matplotlib
+
+        if headless:
+            matplotlib.use("Agg")  # a file only: no display needed
+        import matplotlib.pyplot as plt
+
+        self.plt = plt
+        self.fig, (self.ax_ec, self.ax_prof) = plt.subplots(2, 1, figsize=(9, 7))
+        self.ax_i = self.ax_ec.twinx()
+        self.ax_ec.set_title("cycle graph")
+        self.ax_ec.set_xlabel("time (s)")
+        self.ax_ec.set_ylabel("Ewe (V)", color="C0")
+        self.ax_i.set_ylabel("I (nA)", color="C3")
+        (self.ewe_line,) = self.ax_ec.plot([], [], color="C0", lw=0.8)
+        (self.i_line,) = self.ax_i.plot([], [], color="C3", lw=0.8)
+        self.ax_prof.set_title("depth profile")
+        self.ax_prof.set_xlabel("slice")
+        self.ax_prof.set_ylabel("counts")
+        self.fig.tight_layout()
+        self.t: list[npt.NDArray[np.float64]] = []
+        self.ewe: list[npt.NDArray[np.float64]] = []
+        self.cur: list[npt.NDArray[np.float64]] = []
+        self.t0_ns: int | None = None
+        self.n_samples = 0
+
+    def add_samples(self, s: npt.NDArray[Any]) -> None:
+        if not len(s):
+            return
+        if self.t0_ns is None:
+            self.t0_ns = int(s["host_ns"][0])
+        self.t.append((s["host_ns"] - self.t0_ns) * 1e-9)
+        self.ewe.append(np.asarray(s["ewe_v"], np.float64))
+        self.cur.append(np.asarray(s["current_a"], np.float64) * 1e9)
+        self.n_samples += len(s)
+
+    def draw(self, state: LiveState) -> None:
+        if self.t:
+            # Joined once per refresh, then trimmed to the newest PLOT_SAMPLES.
+            self.t = [np.concatenate(self.t)[-PLOT_SAMPLES:]]
+            self.ewe = [np.concatenate(self.ewe)[-PLOT_SAMPLES:]]
+            self.cur = [np.concatenate(self.cur)[-PLOT_SAMPLES:]]
+            self.ewe_line.set_data(self.t[0], self.ewe[0])
+            self.i_line.set_data(self.t[0], self.cur[0])
+            for ax in (self.ax_ec, self.ax_i):
+                ax.relim()
+                ax.autoscale_view()
+        prof = state.profile
+        if prof is not None and prof.size:
+            ax = self.ax_prof
+            ax.cla()
+            ax.set_title("depth profile")
+            ax.set_xlabel("slice")
+            ax.set_ylabel("counts")
+            z = np.arange(prof.shape[0])
+            for k, name in enumerate(state.species):
+                # Slices a species was not measured in (mass switching) are gaps, not 0.
+                counts = np.where(prof[:, k] > 0, prof[:, k], np.nan)
+                ax.plot(z, counts, lw=1, label=name)
+            if prof.max() > 0:
+                ax.set_yscale("log")
+            ax.legend(fontsize="small", ncol=3, loc="best")
+        self.fig.tight_layout()
+
+    def show(self) -> None:
+        self.fig.canvas.draw_idle()
+        self.plt.pause(0.01)
+
+    def save(self, path: str, state: LiveState) -> None:
+        profile = state.profile
+        # What the panels hold, for scripts and tests that cannot look at the picture.
+        info = {
+            "panels": [self.ax_ec.get_title(), self.ax_prof.get_title()],
+            "ec_samples": self.n_samples,
+            "profile_slices": 0 if profile is None else int(profile.shape[0]),
+            "species": state.species,
+        }
+        self.fig.savefig(path, dpi=100, metadata={"Description": json.dumps(info)})
+
+
+def plot(
+    publish: str,
+    *,
+    plot_file: str | None = None,
+    duration_s: float | None = None,
+    refresh_s: float = 1.0,
+) -> LiveState:
+    """The live plot view (``opsims monitor --plot``): a window refreshed every
+    `refresh_s`, or with `plot_file` no window and a PNG written at the end. Ends after
+    `duration_s`, Ctrl-C, or (window) when it is closed."""
+    view = CyclePlot(headless=plot_file is not None)
+    state = LiveState()
+    end = None if duration_s is None else time.monotonic() + duration_s
+    with Subscriber(publish, TOPICS) as sub:
+        next_draw = time.monotonic() + refresh_s
+        try:
+            while end is None or time.monotonic() < end:
+                msg = sub.recv(0.05)
+                if msg is not None:
+                    state.apply(msg)
+                    if msg.topic == "ec":
+                        view.add_samples(msg.arrays["samples"])
+                if time.monotonic() >= next_draw:
+                    next_draw = time.monotonic() + refresh_s
+                    if plot_file is None:
+                        if not view.plt.fignum_exists(view.fig.number):
+                            break  # the window was closed
+                        view.draw(state)
+                        view.show()
+        except KeyboardInterrupt:
+            pass
+    view.draw(state)
+    if plot_file is not None:
+        view.save(plot_file, state)
+    view.plt.close(view.fig)
     return state

@@ -121,6 +121,8 @@ class Simulator:
                     reply = self.handle(line)
                 stream.write(json.dumps(reply).encode() + b"\n")
                 stream.flush()
+                if reply.get("stopping"):
+                    self.stop_event.set()
 
     def handle(self, line: bytes) -> dict[str, Any]:
         """One control request; every failure is an error reply, never an exception."""
@@ -148,8 +150,7 @@ class Simulator:
                     return {"ok": False, "error": 'truth needs a "path" (a directory)'}
                 return {"ok": True, "files": [str(p) for p in self.dump_truth(Path(path))]}
             if cmd == "stop":
-                self.stop_event.set()
-                return {"ok": True}
+                return {"ok": True, "stopping": True}  # stops once the reply is written
         except (ConfigError, ValueError, TypeError, OSError) as e:
             return {"ok": False, "error": f"{cmd}: {e}"}
         return {"ok": False, "error": f"unknown command {cmd!r}"}
@@ -157,7 +158,10 @@ class Simulator:
     def status(self) -> dict[str, Any]:
         with self.potentiostat.lock:
             cell = _plain(asdict(self.cell.state()))
-        emitter = self.sims.emitter
+        with self.sims.lock:  # the sender thread holds it while it emits
+            emitter = self.sims.emitter
+            position = list(emitter.position) if emitter else None
+            counters = emitter.truth_counters() if emitter else None
         return {
             "true_s": self.timebase.now_s(),
             "acceleration": self.timebase.acceleration,
@@ -172,8 +176,8 @@ class Simulator:
                 "connections": self.sims.truth.connections,
                 "frames_sent": self.sims.truth.frames_sent,
                 "frames_unsent": self.sims.truth.frames_unsent,
-                "position": list(emitter.position) if emitter else None,
-                "counters": emitter.truth_counters() if emitter else None,
+                "position": position,
+                "counters": counters,
             },
             "faults_injected": len(self.faults.log.entries),
         }
