@@ -38,7 +38,11 @@ def test_demo_runs_an_experiment_through_the_daemon(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     out = done.stdout
     assert "started run-1: short demo" in out
-    assert "strip finished" in out and "|Ewe|" in out  # the strip ended on depletion
+    # The strip ends on depletion: the protocol's 5 V stop, or, as the accelerated spike
+    # outruns it, the native interlock at 10 V followed by the demo's operator reset.
+    assert ("strip finished" in out and "|Ewe|" in out) or (
+        "SAFETY tripped: ewe_high" in out and "operator reset" in out
+    ), out[-3000:]
     assert "Na+ ion map" in out and "depth profile" in out
     assert "counters balance" in out
     assert "open circuit confirmed" in done.stderr

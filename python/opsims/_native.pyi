@@ -19,6 +19,7 @@ __all__ = [
     "ConfigError",
     "DetectorEmitter",
     "EventCore",
+    "InterlockError",
     "OpsimsError",
     "PtuError",
     "PtuFile",
@@ -392,6 +393,9 @@ class CommandRefused(OpsimsError):
     """A potentiostat command was refused: ``args == (message, code)``, with the reply code
     of the instrument, or None when the acquisition's own check refused it unsent."""
 
+class InterlockError(OpsimsError):
+    """The safety interlock refused an operation (a reset while the condition persists)."""
+
 @final
 class Acquisition:
     """The instrument links in native threads: the detector link into the voxel cubes,
@@ -410,7 +414,9 @@ class Acquisition:
     the instrument's watchdog opens the circuit if the owner hangs. Samples wait in a
     queue of ``sample_queue``; beyond it new samples are dropped and counted
     (``samples_dropped``). Every sample passes the native sample check before it is
-    queued (a pass-through until the safety interlock is installed).
+    queued: with ``interlock`` (a dict of limits, docs/safety.md) that check is the
+    safety interlock, which opens the circuit from the potentiostat thread on a bad
+    sample and refuses current until :meth:`reset_interlock`; without it, a pass-through.
 
     Safe to call from any Python thread; waits and copies release the GIL. Bad values
     raise :class:`ConfigError` naming the key (``detector.nx: ...``). Dropping the object
@@ -428,6 +434,7 @@ class Acquisition:
         heartbeat_s: float = 0.5,
         liveness_s: float = 2.0,
         sample_queue: int = 1_000_000,
+        interlock: dict[str, Any] | None = None,
     ) -> Self: ...
     def wait(self, timeout_s: float) -> bool:
         """Block, GIL released, until new samples, events or detector data arrived since
@@ -446,7 +453,9 @@ class Acquisition:
         ``"connecting"``/``"up"``/``"down"``, ``reason``); ``eis_point`` (``tick``,
         ``index``, ``n_points``, ``freq_hz``, ``z_re_ohm``, ``z_im_ohm``);
         ``instrument_event`` (``tick``, ``code``, ``name`` such as ``"eis_done"`` or
-        ``"watchdog_open_circuit"``, ``message``). The queue is emptied; beyond 65 536
+        ``"watchdog_open_circuit"``, ``message``); ``safety`` (``state``: ``"armed"``,
+        ``"tripped"``, ``"alarm"``; ``reason``), one per interlock state change, queued
+        after the trip's OPEN_CIRCUIT went out. The queue is emptied; beyond 65 536
         events new ones are dropped and counted (``events_dropped``)."""
     def counters(self) -> dict[str, int]:
         """The detector engine's counters (as :meth:`EventCore.counters`) and the links':
@@ -493,6 +502,29 @@ class Acquisition:
         """Open the circuit first (waiting at most 1 s for the reply), then stop and join
         both threads. True if open circuit was confirmed, or not asked for, or there is no
         potentiostat link. Reads of the cubes keep working; later calls return True."""
+    def interlock_state(self) -> dict[str, Any] | None:
+        """The interlock (None without one): ``state``, ``reason``, ``detail``, ``sample``
+        (the offending sample as a dict, or None), ``device_tick``, ``sample_host_ns``,
+        ``trip_host_ns``, ``alarm_host_ns``, ``open_circuit_confirmed`` (a sample at open
+        circuit since the trip), ``open_circuit_acknowledged``, ``open_circuit_written``,
+        ``restored``, ``current_flowing``, ``link_up``, ``trips``, ``resets``,
+        ``open_circuit_writes``, ``changes`` (a counter of state changes), ``last_reset``,
+        ``limits``. Reading it also runs the escalation timer while the link is down."""
+    def reset_interlock(self, operator: str, reason: str) -> dict[str, Any]:
+        """Operator reset to ARMED; returns ``state``, ``operator``, ``reason``,
+        ``host_ns`` and the ``cleared`` trip. :class:`InterlockError` while not tripped or
+        while the condition persists (last sample out of limits, link down, open circuit
+        not shown by a sample); RuntimeError without an interlock."""
+    def latch_interlock(
+        self,
+        reason: str,
+        detail: str,
+        trip_host_ns: int,
+        sample: dict[str, Any] | None = None,
+    ) -> None:
+        """Latch a trip from before a restart as TRIPPED (the circuit is opened as soon
+        as the link is up); call it before commanding any current. ValueError for an
+        unknown ``reason``."""
     @property
     def stopped(self) -> bool: ...
     @property

@@ -28,6 +28,7 @@ def main(argv: list[str] | None = None) -> int:
         "snapshot": "cubes or profile now",
         "run": "start a run protocol (TOML)",
         "monitor": "a live view of the published stream",
+        "safety-watch": "print the safety interlock's state; exit 1 (or run a command) on a trip",
     }
     for name, text in commands.items():
         p = sub.add_parser(name, help=text)
@@ -50,6 +51,9 @@ def main(argv: list[str] | None = None) -> int:
             )
             p.add_argument("--duration", type=float, help="stop after this many seconds")
             p.add_argument("--refresh", type=float, default=1.0, help="seconds between redraws")
+        if name == "safety-watch":
+            p.add_argument("--on-trip", metavar="CMD",
+                           help="on a trip run CMD (shell) and exit with its status")  # fmt: skip
         if name == "snapshot":
             p.add_argument("--what", choices=("cubes", "profile"), default="profile")
             p.add_argument("--out", type=Path, help="write the arrays to this .npz")
@@ -62,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         return {"status": _status, "run": _run, "snapshot": _snapshot,
-                "monitor": _monitor}[args.command](args)  # fmt: skip
+                "monitor": _monitor, "safety-watch": _safety_watch}[args.command](args)  # fmt: skip
     except ControlError as e:
         print(f"opsims {args.command}: {e.code}: {e.message}", file=sys.stderr)
         return 1
@@ -135,6 +139,52 @@ def _monitor(args: argparse.Namespace) -> int:
     end = None if args.duration is None else time.monotonic() + args.duration
     watch(args.publish, until=lambda s: end is not None and time.monotonic() >= end,
           refresh_s=args.refresh)  # fmt: skip
+    return 0
+
+
+def _safety_watch(args: argparse.Namespace) -> int:
+    """Print each interlock state change; a trip (or alarm) ends the watch: exit 1, or
+    run ``--on-trip`` with the trip in ``OPSIMS_SAFETY_*`` variables and exit with its
+    status. A daemon already tripped at start counts as a trip (docs/safety.md)."""
+    import os
+    import subprocess
+    import time
+
+    from opsims.client import Control, Subscriber
+
+    def show(fields: dict[str, Any]) -> None:
+        if args.json:
+            print(json.dumps(fields, default=str), flush=True)
+        else:
+            stamp = time.strftime("%Y-%m-%dT%H:%M:%S")
+            detail = f": {fields['detail']}" if fields.get("detail") else ""
+            print(f"{stamp} safety {fields['state']} {fields.get('reason', '')}{detail}",
+                  flush=True)  # fmt: skip
+
+    def tripped(fields: dict[str, Any]) -> int:
+        if args.on_trip is None:
+            return 1
+        keys = ("state", "reason", "detail", "trip_host_ns")
+        env = {**os.environ, **{f"OPSIMS_SAFETY_{k.upper()}": str(fields.get(k, "")) for k in keys}}
+        return subprocess.run(args.on_trip, shell=True, env=env).returncode
+
+    with Subscriber(args.publish, ["safety"]) as sub:
+        # Subscribed first, then the state now: no change between the two is missed.
+        time.sleep(0.2)
+        with Control(args.control) as ctl:
+            state = ctl.status()["safety_state"]
+        last: tuple[Any, ...] = (state,)
+        show({"state": state, "reason": "", "detail": "at start"})
+        if state != "armed":
+            return tripped({"state": state})
+        for msg in sub:
+            f = msg.fields
+            key = (f["state"], f["reason"], f["trip_host_ns"], f["open_circuit_confirmed"])
+            if key != last:
+                last = key
+                show(dict(f))
+            if f["state"] != "armed":
+                return tripped(dict(f))
     return 0
 
 

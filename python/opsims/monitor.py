@@ -18,7 +18,7 @@ from opsims.client import Subscriber
 from opsims.wire import Message
 
 MAP_CHARS = " .:-=+*#%@"
-TOPICS = ("ec", "events", "run", "status", "link", "profile")
+TOPICS = ("ec", "events", "run", "status", "link", "profile", "safety")
 
 
 @dataclass
@@ -36,6 +36,7 @@ class LiveState:
     profile: npt.NDArray[np.uint64] | None = None
     species: list[str] = field(default_factory=list)
     transitions: list[dict[str, Any]] = field(default_factory=list)
+    safety: dict[str, Any] = field(default_factory=dict)
 
     def apply(self, msg: Message) -> None:
         f = msg.fields
@@ -54,6 +55,8 @@ class LiveState:
             self.links = {k: v["state"] for k, v in f["links"].items()}
         elif msg.topic == "link":
             self.links[f["link"]] = f["state"]
+        elif msg.topic == "safety":
+            self.safety = f
         elif msg.topic == "profile":
             self.profile, self.species = msg.arrays["profile"], f["species"]
 
@@ -99,6 +102,11 @@ def watch(
                 msg = sub.recv(0.1)
                 if msg is not None:
                     state.apply(msg)
+                    if msg.topic == "safety" and msg.fields.get("state") != "armed":
+                        f = msg.fields
+                        out.write(
+                            f"\n  SAFETY {f['state']}: {f.get('reason')} {f.get('detail', '')}\n"
+                        )
                     if msg.topic == "run":
                         f = msg.fields
                         out.write(f"\n  run {f['run_id']}: {f.get('label') or f['kind']} "

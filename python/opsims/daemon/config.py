@@ -1,5 +1,5 @@
-"""opsimsd's configuration: the ``[daemon]`` and ``[links]`` tables, the shared
-``[detector]`` table, and ``[sim]`` when the simulator is the instrument. Everything is
+"""opsimsd's configuration: the ``[daemon]``, ``[links]`` and ``[safety]`` tables, the
+shared ``[detector]`` table, and ``[sim]`` when the simulator is the instrument. Everything is
 checked at start, with the key path in every message (docs/daemon.md)."""
 
 from __future__ import annotations
@@ -7,12 +7,13 @@ from __future__ import annotations
 import os
 import tomllib
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 from opsims._native import ConfigError
 from opsims.config_table import TableReader, apply_overrides
+from opsims.daemon.safety import SafetyConfig
 from opsims.detector import DetectorConfig
 from opsims.sim.config import SimConfig
 
@@ -50,6 +51,7 @@ class DaemonConfig:
     liveness_s: float = 2.0
     ready_timeout_s: float = 30.0
     potentiostat_clock_window_s: float = 30.0
+    safety: SafetyConfig = field(default_factory=SafetyConfig)
 
     @property
     def clock_time_scale(self) -> float:
@@ -71,7 +73,7 @@ class DaemonConfig:
     @classmethod
     def from_document(cls, doc: Mapping[str, Any], path: Path) -> DaemonConfig:
         top = TableReader(doc, "")
-        for key in ("detector", "daemon", "links", "sim"):
+        for key in ("detector", "daemon", "links", "sim", "safety"):
             top.used.add(key)
         unknown = sorted(set(doc) - top.used)
         if unknown:
@@ -114,6 +116,7 @@ class DaemonConfig:
             potentiostat_clock_window_s=TableReader(pot_table, "links.potentiostat").get_float(
                 "clock_window_s", 30.0, minimum=1.0
             ),
+            safety=SafetyConfig.from_mapping(top.get("safety", dict, {})),
         )
         r.reject_unknown()
         if config.reconnect_max_s < config.reconnect_initial_s:

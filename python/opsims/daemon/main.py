@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import zmq
 
-from opsims._native import Acquisition, CommandRefused, ConfigError
+from opsims._native import Acquisition, CommandRefused, ConfigError, InterlockError
 from opsims.daemon.config import DaemonConfig
 from opsims.daemon.notify import Notifier
 from opsims.daemon.protocol import Runner, RunProtocol, RunState
@@ -35,6 +35,7 @@ from opsims.daemon.publisher import (
     handle_request,
     snapshot_handler,
 )
+from opsims.daemon.safety import SafetyRecord, sample_array, topic_fields
 from opsims.wire import EC_SAMPLE_DTYPE, ControlError
 
 log = logging.getLogger("opsimsd")
@@ -56,6 +57,9 @@ class Daemon:
         self.last_counters: dict[str, int] = {}
         self.last_events_ns = time.time_ns()
         self.eis_points: list[dict[str, Any]] = []
+        # The native interlock's last state read, and what of it was already handled.
+        self.safety: dict[str, Any] = {"state": "armed"}
+        self.safety_seen: tuple[int, Any, Any] | None = None
 
     # --- life cycle -------------------------------------------------------------------
 
@@ -92,7 +96,20 @@ class Daemon:
             reconnect_max_s=c.reconnect_max_s,
             heartbeat_s=c.heartbeat_s,
             liveness_s=c.liveness_s,
+            interlock=c.safety.native(),
         )
+        self.safety_record = SafetyRecord(c.state_dir)
+        latched = self.safety_record.latched()
+        if latched is not None:
+            # Before anything can command current: a trip from before the restart holds.
+            self.acq.latch_interlock(
+                latched["reason"],
+                latched["detail"],
+                int(latched["trip_host_ns"]),
+                latched.get("sample"),
+            )
+            log.error("safety: trip latched before the restart (%s): %s",
+                      latched["reason"], latched["detail"])  # fmt: skip
         ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
         self.pub = Publisher(
             c.publish,
@@ -120,6 +137,7 @@ class Daemon:
             "start_run": self.start_run,
             "stop_run": self.stop_run,
             "abort": self.abort,
+            "reset_interlock": self.reset_interlock,
             "snapshot": snapshot_handler(
                 self.pub, {"cubes": self._cubes, "profile": self._profile}
             ),
@@ -132,6 +150,7 @@ class Daemon:
         c = self.config
         ready = False
         ready_deadline = time.monotonic() + c.ready_timeout_s
+        self._check_safety(force=True)  # the state at start, restored trip or armed
         next_status = next_cubes = next_events = next_watchdog = time.monotonic()
         while not self.stop_requested:
             self.acq.kick()  # the potentiostat hears heartbeats only while this loop turns
@@ -152,6 +171,8 @@ class Daemon:
                 self._publish_events()
                 next_events = now + 1.0 / c.events_rate_hz
             if now >= next_status:
+                if self.safety["state"] != "armed":
+                    self._publish_safety(self.safety)
                 self.pub.publish("status", self.status())
                 next_status = now + c.status_interval_s
             self._serve_control()
@@ -221,6 +242,7 @@ class Daemon:
     # --- data out ---------------------------------------------------------------------
 
     def _drain(self) -> None:
+        self._check_safety()  # first: a trip is published before anything else
         cols = self.acq.take_samples()
         n = len(cols["tick"])
         if n:
@@ -249,6 +271,8 @@ class Daemon:
                 log.info("%s link %s: %s", event["link"], event["state"], event.get("reason"))
             elif kind == "eis_point":
                 self.pub.publish("eis", event)
+            elif kind == "safety":
+                pass  # read whole from the interlock by _check_safety
             elif kind == "instrument_event":
                 self.pub.publish("instrument", event)
                 if event["name"] in ("eis_done", "eis_aborted"):
@@ -348,7 +372,7 @@ class Daemon:
                 "cube_budget_bytes": self.config.detector.memory_budget_bytes,
             },
             "publisher": self.pub.stats(),
-            "safety_state": "unmonitored",  # the interlock arrives with its own module
+            "safety_state": self.safety["state"],
             "run": {
                 "run_id": run.run_id,
                 "state": run.state.value,
@@ -373,6 +397,56 @@ class Daemon:
     def abort(self, reason: str = "aborted by operator") -> dict[str, Any]:
         self.runner.abort(str(reason))
         return {"run_id": self.runner.run_id}
+
+    def reset_interlock(self, operator: str, reason: str) -> dict[str, Any]:
+        for name, value in (("operator", operator), ("reason", reason)):
+            if not isinstance(value, str) or not value.strip():
+                raise ControlError("bad_arguments", f"reset_interlock: {name} is required")
+        try:
+            done = self.acq.reset_interlock(operator, reason)
+        except InterlockError as e:
+            self.safety_record.audit("reset_refused", operator=operator, reason=reason,
+                                     why=str(e))  # fmt: skip
+            raise ControlError("refused", str(e)) from e
+        self.safety_record.audit("reset", operator=operator, reason=reason,
+                                 cleared=done["cleared"])  # fmt: skip
+        self.safety_record.clear()
+        log.warning("safety: interlock reset by %s: %s", operator, reason)
+        self._check_safety(operator=operator)
+        return {"state": done["state"], "operator": operator, "cleared": done["cleared"]["reason"]}
+
+    # --- safety (docs/safety.md) --------------------------------------------------------
+
+    def _check_safety(self, *, force: bool = False, operator: str | None = None) -> None:
+        """Publish, audit, persist and abort the run on an interlock state change. The
+        circuit was already opened by the native thread; this only reports it."""
+        st = self.acq.interlock_state()
+        assert st is not None
+        self.safety = st
+        key = (st["changes"], st["trip_host_ns"], st["alarm_host_ns"])
+        if key == self.safety_seen and not force:
+            return
+        old = self.safety_seen
+        self.safety_seen = key
+        self._publish_safety(st, operator)
+        if st["state"] == "armed":
+            return
+        if old is None or old[1] != st["trip_host_ns"]:
+            fields = {k: st[k] for k in ("reason", "detail", "trip_host_ns", "sample",
+                                         "open_circuit_written", "restored")}  # fmt: skip
+            self.safety_record.audit("restored" if st["restored"] else "trip", **fields)
+            if st["reason"] != "shutdown":  # an orderly stop is no fault to latch
+                self.safety_record.latch(st)
+            log.error("safety: interlock TRIPPED (%s): %s", st["reason"], st["detail"])
+            if getattr(self, "runner", None) is not None:
+                self.runner.abort(f"safety interlock: {st['detail']}", reason="safety")
+        if st["state"] == "alarm" and (old is None or old[2] != st["alarm_host_ns"]):
+            alarm_ns = st["alarm_host_ns"]
+            self.safety_record.audit("alarm", reason=st["reason"], alarm_host_ns=alarm_ns)
+            log.critical("safety: ALARM: open circuit not confirmed; still re-sending")
+
+    def _publish_safety(self, st: dict[str, Any], operator: str | None = None) -> None:
+        self.pub.publish("safety", topic_fields(st, operator), {"sample": sample_array(st)})
 
     # --- the instrument, for the runner ----------------------------------------------
 

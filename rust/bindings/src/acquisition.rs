@@ -7,11 +7,12 @@ use std::time::{Duration, Instant};
 
 use numpy::{IntoPyArray, PyArray2, PyArray3, PyArrayMethods};
 use opsims_core::acquisition::{
-    AcqEvent, Acquisition as Core, AcquisitionConfig, AcquisitionError, DetectorLinkConfig,
-    LinkAddress, LinkId, NoCheck, PotentiostatLinkConfig,
+    realtime_ns, AcqEvent, Acquisition as Core, AcquisitionConfig, AcquisitionError,
+    DetectorLinkConfig, LinkAddress, LinkId, NoCheck, PotentiostatLinkConfig, SampleCheck,
 };
 use opsims_core::cube::BudgetPolicy;
 use opsims_core::engine::{Engine, EngineConfig};
+use opsims_core::interlock::{InterlockCheck, InterlockStatus};
 use opsims_core::link::potentiostat::{event_code, reply_code, EisRequest, Reply, MAX_PAYLOAD};
 use opsims_core::link::tttr::RecordType;
 use opsims_core::raster::{MarkerMasks, RasterConfig};
@@ -24,6 +25,7 @@ use pyo3::types::{PyBytes, PyDict, PyList};
 
 use crate::clock;
 use crate::errors::{to_py, ConfigError, OpsimsError};
+use crate::interlock;
 use crate::raster_args::{self, PolarityArg};
 
 create_exception!(
@@ -51,14 +53,14 @@ fn config_error(msg: String) -> PyErr {
 
 /// A dict of keyword values read key by key: every error names `path.key`, and keys
 /// nobody asked for are rejected.
-struct Table<'py> {
+pub(crate) struct Table<'py> {
     dict: Bound<'py, PyDict>,
     path: &'static str,
     seen: Vec<&'static str>,
 }
 
 impl<'py> Table<'py> {
-    fn new(value: Bound<'py, PyAny>, path: &'static str) -> PyResult<Self> {
+    pub(crate) fn new(value: Bound<'py, PyAny>, path: &'static str) -> PyResult<Self> {
         let dict = value.cast_into::<PyDict>().map_err(|e| {
             config_error(format!(
                 "{path}: expected a dict, got {}",
@@ -72,7 +74,10 @@ impl<'py> Table<'py> {
         })
     }
 
-    fn get<T: FromPyObjectOwned<'py>>(&mut self, key: &'static str) -> PyResult<Option<T>> {
+    pub(crate) fn get<T: FromPyObjectOwned<'py>>(
+        &mut self,
+        key: &'static str,
+    ) -> PyResult<Option<T>> {
         self.seen.push(key);
         match self.dict.get_item(key)? {
             None => Ok(None),
@@ -88,11 +93,15 @@ impl<'py> Table<'py> {
             .ok_or_else(|| config_error(format!("{}.{key}: missing", self.path)))
     }
 
-    fn or<T: FromPyObjectOwned<'py>>(&mut self, key: &'static str, default: T) -> PyResult<T> {
+    pub(crate) fn or<T: FromPyObjectOwned<'py>>(
+        &mut self,
+        key: &'static str,
+        default: T,
+    ) -> PyResult<T> {
         Ok(self.get(key)?.unwrap_or(default))
     }
 
-    fn reject_unknown(&self) -> PyResult<()> {
+    pub(crate) fn reject_unknown(&self) -> PyResult<()> {
         for key in self.dict.keys() {
             let name: String = key.str()?.extract()?;
             if !self.seen.contains(&name.as_str()) {
@@ -242,6 +251,16 @@ fn event_dict<'py>(py: Python<'py>, e: &AcqEvent) -> PyResult<Bound<'py, PyDict>
             d.set_item("name", event_code::name(*code))?;
             d.set_item("message", message)?;
         }
+        AcqEvent::Safety {
+            host_ns,
+            state,
+            reason,
+        } => {
+            d.set_item("kind", "safety")?;
+            d.set_item("host_ns", host_ns)?;
+            d.set_item("state", state)?;
+            d.set_item("reason", reason)?;
+        }
     }
     Ok(d)
 }
@@ -252,6 +271,8 @@ pub struct PyAcquisition {
     inner: Arc<Core>,
     /// Fixed at construction: species names resolve without the engine lock.
     species: Vec<String>,
+    /// The safety interlock the potentiostat thread checks samples with, if any.
+    interlock: Option<InterlockCheck>,
 }
 
 impl PyAcquisition {
@@ -278,6 +299,28 @@ impl PyAcquisition {
         py.detach(|| f(inner, timeout)).map_err(acq_err)
     }
 
+    fn interlock(&self) -> PyResult<&InterlockCheck> {
+        self.interlock
+            .as_ref()
+            .ok_or_else(|| PyRuntimeError::new_err("no interlock configured"))
+    }
+
+    /// The interlock's state after its timers ran (a trip may need escalating while the
+    /// link is down and the reader thread has nothing to read). GIL released.
+    fn interlock_status(&self, py: Python<'_>, h: &InterlockCheck) -> InterlockStatus {
+        let inner = &self.inner;
+        py.detach(|| {
+            let now = realtime_ns();
+            inner
+                .with_check(|_, link| {
+                    let mut il = h.lock();
+                    il.on_idle(now, link);
+                    il.status()
+                })
+                .unwrap_or_else(|_| h.lock().status())
+        })
+    }
+
     fn species_index(&self, species: &Bound<'_, PyAny>) -> PyResult<usize> {
         if self.inner.link_state(LinkId::Detector).is_none() {
             return Err(PyRuntimeError::new_err("no detector link configured"));
@@ -292,7 +335,7 @@ impl PyAcquisition {
     #[pyo3(signature = (
         *, detector = None, potentiostat = None, clock_time_scale = 1.0,
         reconnect_initial_s = 0.1, reconnect_max_s = 5.0, heartbeat_s = 0.5,
-        liveness_s = 2.0, sample_queue = 1_000_000,
+        liveness_s = 2.0, sample_queue = 1_000_000, interlock = None,
     ))]
     #[allow(clippy::too_many_arguments)]
     fn new(
@@ -304,7 +347,9 @@ impl PyAcquisition {
         heartbeat_s: f64,
         liveness_s: f64,
         sample_queue: usize,
+        interlock: Option<Bound<'_, PyAny>>,
     ) -> PyResult<Self> {
+        let interlock = interlock.map(interlock::config).transpose()?;
         let detector = detector.map(detector_config).transpose()?;
         let potentiostat = potentiostat.map(potentiostat_config).transpose()?;
         let species = detector
@@ -321,10 +366,19 @@ impl PyAcquisition {
             liveness_s,
             sample_queue,
         };
-        let inner = Core::start(cfg, Box::new(NoCheck)).map_err(acq_err)?;
+        let interlock = interlock
+            .map(InterlockCheck::new)
+            .transpose()
+            .map_err(to_py)?;
+        let check: Box<dyn SampleCheck> = match &interlock {
+            Some(h) => Box::new(h.clone()),
+            None => Box::new(NoCheck),
+        };
+        let inner = Core::start(cfg, check).map_err(acq_err)?;
         Ok(PyAcquisition {
             inner: Arc::new(inner),
             species,
+            interlock,
         })
     }
 
@@ -517,6 +571,68 @@ impl PyAcquisition {
         py.detach(|| inner.stop(open_circuit))
     }
 
+    /// The interlock's state as a dict (`docs/safety.md`), or None without an interlock.
+    fn interlock_state<'py>(&self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyDict>>> {
+        let Some(h) = &self.interlock else {
+            return Ok(None);
+        };
+        let st = self.interlock_status(py, h);
+        interlock::status_dict(py, &st, h.lock().config()).map(Some)
+    }
+
+    /// Operator reset: `InterlockError` while the condition persists.
+    fn reset_interlock<'py>(
+        &self,
+        py: Python<'py>,
+        operator: String,
+        reason: String,
+    ) -> PyResult<Bound<'py, PyDict>> {
+        let h = self.interlock()?;
+        let inner = &self.inner;
+        let done = py.detach(|| {
+            let now = realtime_ns();
+            let run = |link: &mut opsims_core::acquisition::LinkWriter<'_>| {
+                h.lock().reset(&operator, &reason, now, link)
+            };
+            match inner.with_check(|_, link| run(link)) {
+                Ok(r) => r,
+                Err(e) => Err(e.to_string()),
+            }
+        });
+        let reset =
+            done.map_err(|m| interlock::InterlockError::new_err(format!("reset refused: {m}")))?;
+        interlock::reset_dict(py, &reset)
+    }
+
+    /// Latch a trip from before a restart (TRIPPED, circuit opened as soon as the link is
+    /// up). Call it before commanding any current.
+    #[pyo3(signature = (reason, detail, trip_host_ns, sample = None))]
+    fn latch_interlock(
+        &self,
+        py: Python<'_>,
+        reason: &str,
+        detail: String,
+        trip_host_ns: i64,
+        sample: Option<Bound<'_, PyAny>>,
+    ) -> PyResult<()> {
+        let h = self.interlock()?;
+        let reason = interlock::reason(reason)?;
+        let sample = sample.map(interlock::sample_from).transpose()?;
+        let inner = &self.inner;
+        py.detach(|| {
+            let now = realtime_ns();
+            let mut detail = Some(detail);
+            let mut restore = |link: &mut dyn opsims_core::interlock::SafetyLink| {
+                let d = detail.take().unwrap_or_default();
+                h.lock().restore(reason, d, trip_host_ns, sample, now, link);
+            };
+            if inner.with_check(|_, link| restore(link)).is_err() {
+                restore(&mut interlock::NoLink);
+            }
+        });
+        Ok(())
+    }
+
     #[getter]
     fn stopped(&self) -> bool {
         self.inner.is_stopped()
@@ -625,5 +741,6 @@ impl PyAcquisition {
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyAcquisition>()?;
     m.add("CommandRefused", m.py().get_type::<CommandRefused>())?;
+    interlock::register(m)?;
     Ok(())
 }

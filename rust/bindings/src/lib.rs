@@ -7,6 +7,7 @@ mod acquisition;
 mod clock;
 mod errors;
 mod events;
+mod interlock;
 mod ptu;
 mod raster_args;
 mod sim;

@@ -7,8 +7,9 @@
 //! with the `counters` that prove nothing is lost. `acquisition` runs the instrument
 //! links in native threads: the detector link into the engine, the potentiostat link
 //! (`link::potentiostat`) into unwrapped, host-stamped samples that pass the interlock's
-//! check before they are queued. `sim` is the other end of the detector link: a
-//! simulated detector front-end that writes the stream the core reads, with its truth.
+//! check before they are queued; `interlock` is that check (issue 5). `sim` is the other
+//! end of the detector link: a simulated detector front-end that writes the stream the
+//! core reads, with its truth.
 
 pub mod acquisition;
 pub mod clock;
@@ -16,6 +17,7 @@ pub mod counters;
 pub mod cube;
 pub mod engine;
 pub mod error;
+pub mod interlock;
 pub mod link;
 pub mod raster;
 pub mod sim;

@@ -285,6 +285,12 @@ pub enum AcqEvent {
         code: u16,
         message: String,
     },
+    /// The sample check's state changed (the interlock: `armed`, `tripped`, `alarm`).
+    Safety {
+        host_ns: i64,
+        state: &'static str,
+        reason: &'static str,
+    },
 }
 
 /// Queued samples as columns (moved out whole by [`Acquisition::take_samples`]).

@@ -60,13 +60,14 @@ pub trait SampleCheck: Send {
     fn check(&mut self, sample: &Sample, link: &mut LinkWriter<'_>);
     /// The link came up (HELLO read); a latched trip can open the circuit first thing.
     fn link_up(&mut self, _hello: &Hello, _link: &mut LinkWriter<'_>) {}
-    /// The link went down (nothing can be written until it is up again).
-    fn link_down(&mut self, _host_ns: i64, _reason: &str) {}
+    /// The link went down (nothing can be written until it is up again; the writer can
+    /// still queue events).
+    fn link_down(&mut self, _host_ns: i64, _reason: &str, _link: &mut LinkWriter<'_>) {}
     /// After every read or read timeout, at least every 10 ms while the link is up: for
     /// checks of silence (samples that stop arriving).
     fn idle(&mut self, _host_ns: i64, _link: &mut LinkWriter<'_>) {}
     /// The reply to a command this check wrote.
-    fn reply(&mut self, _reply: &Reply) {}
+    fn reply(&mut self, _reply: &Reply, _link: &mut LinkWriter<'_>) {}
     /// Whether the owner may send `kind` now; `Err(reason)` refuses it unsent.
     fn allow_command(&mut self, _kind: u8, _payload: &[u8]) -> std::result::Result<(), String> {
         Ok(())
@@ -102,6 +103,11 @@ impl LinkWriter<'_> {
             .send(kind::OPEN_CIRCUIT, &[], Waiter::Internal(Internal::Check))?;
         bump(&self.sh.counters.open_circuit_now, 1);
         Ok(seq)
+    }
+
+    /// Queue an event for the owner and wake its `wait` (the interlock's state changes).
+    pub fn push_event(&mut self, event: AcqEvent) {
+        self.sh.push_event(event);
     }
 }
 
@@ -389,7 +395,7 @@ impl PotShared {
         };
         drop(p);
         if who.2 == Internal::Check {
-            lock(&self.check).reply(&reply);
+            self.with_check(sh, |check, link| check.reply(&reply, link));
         }
     }
 
@@ -749,7 +755,9 @@ impl Session for PotSession {
             bump(&sh.counters.potentiostat_disconnects, 1);
         }
         if std::mem::take(&mut self.up) {
-            pot.with_check(sh, |check, _| check.link_down(realtime_ns(), reason));
+            pot.with_check(sh, |check, link| {
+                check.link_down(realtime_ns(), reason, link)
+            });
         }
     }
 }

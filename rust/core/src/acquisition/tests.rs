@@ -436,7 +436,7 @@ impl SampleCheck for Above10V {
             link.open_circuit_now().unwrap();
         }
     }
-    fn reply(&mut self, reply: &wire::Reply) {
+    fn reply(&mut self, reply: &wire::Reply, _link: &mut LinkWriter<'_>) {
         self.replies.lock().unwrap().push(reply.clone());
     }
     fn allow_command(&mut self, kind: u8, _payload: &[u8]) -> std::result::Result<(), String> {

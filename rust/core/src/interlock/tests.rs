@@ -1,0 +1,280 @@
+use super::*;
+
+/// Records what the interlock did, in order.
+#[derive(Default)]
+struct Fake {
+    up: bool,
+    log: Vec<String>,
+}
+
+impl SafetyLink for Fake {
+    fn open_circuit(&mut self) -> Result<(), String> {
+        self.log.push("OPEN_CIRCUIT".into());
+        if self.up {
+            Ok(())
+        } else {
+            Err("down".into())
+        }
+    }
+    fn state_changed(&mut self, _host_ns: i64, state: SafetyState, reason: &'static str) {
+        self.log.push(format!("{}:{reason}", state.name()));
+    }
+}
+
+const MS: i64 = 1_000_000;
+
+fn sample(t_ms: i64, ewe_v: f64, current_a: f64) -> Sample {
+    Sample {
+        host_ns: t_ms * MS,
+        arrival_ns: t_ms * MS,
+        tick: (t_ms as u64) * 1000, // 1 µs ticks
+        ewe_v,
+        current_a,
+        mode: u8::from(current_a != 0.0),
+        flags: 0,
+    }
+}
+
+fn armed() -> (Interlock, Fake) {
+    let mut il = Interlock::new(InterlockConfig::default()).unwrap();
+    let mut link = Fake {
+        up: true,
+        ..Fake::default()
+    };
+    il.on_link_up(10e-6, 1_000_000_000, 0, &mut link);
+    (il, link)
+}
+
+#[test]
+fn the_limits_themselves_are_allowed_beyond_them_trips() {
+    for (ewe, i, want) in [
+        (10.0, 1e-6, None),
+        (-10.0, 1e-6, None),
+        (10.0 + 1e-9, 1e-6, Some(TripReason::EweHigh)),
+        (-10.0 - 1e-9, 1e-6, Some(TripReason::EweLow)),
+        (12.0, 1e-6, Some(TripReason::EweHigh)),
+        (-10.5, 1e-6, Some(TripReason::EweLow)),
+        (1.0, 10e-6, None),
+        (1.0, -10e-6, None),
+        (1.0, 10.000001e-6, Some(TripReason::CurrentCompliance)),
+        (f64::NAN, 1e-6, Some(TripReason::NonFinite)),
+        (1.0, f64::INFINITY, Some(TripReason::NonFinite)),
+        (f64::NEG_INFINITY, 0.0, Some(TripReason::NonFinite)),
+    ] {
+        let (il, _) = armed();
+        let got = il.judge(&sample(1, ewe, i)).map(|(r, _)| r);
+        assert_eq!(got, want, "Ewe {ewe} V, I {i} A");
+    }
+}
+
+#[test]
+fn a_trip_writes_open_circuit_before_anything_else_and_latches() {
+    let (mut il, mut link) = armed();
+    il.on_sample(&sample(1, 9.9, 1e-6), MS, &mut link);
+    assert!(link.log.is_empty());
+    il.on_sample(&sample(2, 12.0, 1e-6), 2 * MS, &mut link);
+    assert_eq!(link.log, ["OPEN_CIRCUIT", "tripped:ewe_high"]);
+    let st = il.status();
+    assert_eq!(st.state, SafetyState::Tripped);
+    let trip = st.trip.unwrap();
+    assert_eq!(trip.sample.unwrap().ewe_v, 12.0);
+    assert_eq!(trip.trip_host_ns, 2 * MS);
+    assert!(trip.detail.contains("12") && trip.detail.contains("10"));
+    // A second condition changes nothing: the first trip is the one latched.
+    il.on_sample(&sample(3, -11.0, 1e-6), 3 * MS, &mut link);
+    assert_eq!(il.status().trip.unwrap().reason, TripReason::EweHigh);
+    // No current while tripped; open circuit always passes.
+    let set = 1e-6f64.to_le_bytes();
+    assert!(il.allow_command(kind::SET_CURRENT, &set, 4 * MS).is_err());
+    assert!(il.allow_command(kind::START_EIS, &[0; 20], 4 * MS).is_err());
+    assert!(il.allow_command(kind::OPEN_CIRCUIT, &[], 4 * MS).is_ok());
+    assert!(il.allow_command(kind::READ_STATUS, &[], 4 * MS).is_ok());
+}
+
+#[test]
+fn unconfirmed_open_circuit_is_resent_and_escalates_to_alarm() {
+    let (mut il, mut link) = armed();
+    il.on_sample(&sample(0, 11.0, 1e-6), 0, &mut link);
+    link.log.clear();
+    // The instrument acknowledges but the current keeps flowing.
+    il.on_reply(true);
+    for t in (10..=1500).step_by(10) {
+        il.on_sample(&sample(t, 9.0, 1e-6), t * MS, &mut link);
+        il.on_idle(t * MS, &mut link);
+    }
+    let writes = link.log.iter().filter(|l| *l == "OPEN_CIRCUIT").count();
+    assert_eq!(writes, 7, "every 0.2 s: {:?}", link.log); // 200, 400, ... 1400 ms
+    assert!(link.log.contains(&"alarm:ewe_high".to_owned()));
+    let st = il.status();
+    assert_eq!(st.state, SafetyState::Alarm);
+    assert_eq!(st.alarm_host_ns, Some(1010 * MS));
+    assert!(st.open_circuit_acknowledged && !st.open_circuit_confirmed);
+    // Open circuit at last: back to TRIPPED, confirmed, still latched.
+    let mut oc = sample(1510, 3.0, 0.0);
+    oc.mode = 0;
+    il.on_sample(&oc, 1510 * MS, &mut link);
+    assert_eq!(il.state(), SafetyState::Tripped);
+    assert!(il.status().open_circuit_confirmed);
+    assert_eq!(link.log.last().unwrap(), "tripped:open_circuit_confirmed");
+}
+
+#[test]
+fn reset_is_refused_while_the_condition_persists() {
+    let (mut il, mut link) = armed();
+    assert!(il
+        .reset("ana", "why", 0, &mut link)
+        .unwrap_err()
+        .contains("armed"));
+    il.on_sample(&sample(0, 10.5, 1e-6), 0, &mut link);
+    assert!(il
+        .reset("", "why", 0, &mut link)
+        .unwrap_err()
+        .contains("operator"));
+    assert!(il
+        .reset("ana", " ", 0, &mut link)
+        .unwrap_err()
+        .contains("reason"));
+    let e = il.reset("ana", "checked", 0, &mut link).unwrap_err();
+    assert!(e.contains("not shown open circuit"), "{e}");
+    // At open circuit but still above the limit (a relaxing cell).
+    il.on_sample(&sample(10, 10.2, 0.0), 10 * MS, &mut link);
+    let e = il.reset("ana", "checked", 10 * MS, &mut link).unwrap_err();
+    assert!(e.contains("persists") && e.contains("10.2"), "{e}");
+    il.on_sample(&sample(20, 9.0, 0.0), 20 * MS, &mut link);
+    il.on_link_down(25 * MS, "gone", &mut link);
+    assert!(il
+        .reset("ana", "checked", 30 * MS, &mut link)
+        .unwrap_err()
+        .contains("down"));
+    il.on_link_up(10e-6, 1_000_000_000, 40 * MS, &mut link);
+    il.on_sample(&sample(50, 9.0, 0.0), 50 * MS, &mut link);
+    let r = il.reset("ana", "checked", 60 * MS, &mut link).unwrap();
+    assert_eq!(
+        (r.operator.as_str(), r.cleared.reason),
+        ("ana", TripReason::EweHigh)
+    );
+    assert_eq!(il.state(), SafetyState::Armed);
+    assert_eq!(link.log.last().unwrap(), "armed:reset");
+    assert!(il
+        .allow_command(kind::SET_CURRENT, &1e-6f64.to_le_bytes(), 70 * MS)
+        .is_ok());
+}
+
+#[test]
+fn samples_that_stop_while_current_flows_trip() {
+    let (mut il, mut link) = armed();
+    // At open circuit silence is fine.
+    il.on_sample(&sample(0, 3.0, 0.0), 0, &mut link);
+    il.on_idle(5000 * MS, &mut link);
+    assert_eq!(il.state(), SafetyState::Armed);
+    // Current commanded: the gap counts from the command...
+    il.allow_command(kind::SET_CURRENT, &1e-6f64.to_le_bytes(), 6000 * MS)
+        .unwrap();
+    il.on_idle(6500 * MS, &mut link); // exactly the limit: allowed
+    assert_eq!(il.state(), SafetyState::Armed);
+    il.on_idle(6501 * MS, &mut link);
+    assert_eq!(il.status().trip.unwrap().reason, TripReason::SampleGap);
+    assert_eq!(link.log[..2], ["OPEN_CIRCUIT", "tripped:sample_gap"]);
+}
+
+#[test]
+fn link_lost_while_current_flows_trips_and_reopens_on_reconnect() {
+    let (mut il, mut link) = armed();
+    il.on_sample(&sample(0, 3.0, 1e-6), 0, &mut link);
+    link.up = false;
+    il.on_link_down(10 * MS, "reset by peer", &mut link);
+    let st = il.status();
+    assert_eq!(st.trip.as_ref().unwrap().reason, TripReason::LinkLost);
+    assert!(!st.trip.unwrap().open_circuit_written);
+    link.up = true;
+    link.log.clear();
+    il.on_link_up(10e-6, 1_000_000_000, 20 * MS, &mut link);
+    assert_eq!(link.log, ["OPEN_CIRCUIT"]);
+    assert!(il.status().trip.unwrap().open_circuit_written);
+}
+
+#[test]
+fn link_lost_at_open_circuit_does_not_trip() {
+    let (mut il, mut link) = armed();
+    il.on_sample(&sample(0, 3.0, 0.0), 0, &mut link);
+    il.on_link_down(10 * MS, "gone", &mut link);
+    assert_eq!(il.state(), SafetyState::Armed);
+}
+
+#[test]
+fn time_going_backwards_beyond_the_tolerance_trips() {
+    let (mut il, mut link) = armed();
+    il.on_sample(&sample(5000, 1.0, 1e-6), 0, &mut link);
+    let mut s = sample(4000, 1.0, 1e-6); // exactly 1 s behind: allowed
+    il.on_sample(&s, 1, &mut link);
+    assert_eq!(il.state(), SafetyState::Armed);
+    s.tick -= 1;
+    il.on_sample(&s, 2, &mut link);
+    assert_eq!(il.status().trip.unwrap().reason, TripReason::TimeBackwards);
+}
+
+#[test]
+fn shutdown_trips_and_a_restored_trip_latches_before_any_current() {
+    let (mut il, mut link) = armed();
+    il.on_shutdown(5, &mut link);
+    assert_eq!(il.status().trip.unwrap().reason, TripReason::Shutdown);
+
+    let mut il = Interlock::new(InterlockConfig::default()).unwrap();
+    let mut link = Fake::default();
+    il.restore(
+        TripReason::EweHigh,
+        "before".into(),
+        42,
+        None,
+        50,
+        &mut link,
+    );
+    assert_eq!(link.log, ["tripped:ewe_high"]); // link down: nothing written yet
+    assert!(il
+        .allow_command(kind::SET_CURRENT, &1e-6f64.to_le_bytes(), 60)
+        .is_err());
+    link.up = true;
+    il.on_link_up(10e-6, 1_000_000_000, 70, &mut link);
+    assert_eq!(link.log.last().unwrap(), "OPEN_CIRCUIT");
+    let trip = il.status().trip.unwrap();
+    assert!(trip.restored && trip.trip_host_ns == 42);
+}
+
+#[test]
+fn configuration_is_validated_with_the_key() {
+    let bad = |f: fn(&mut InterlockConfig), key: &str| {
+        let mut c = InterlockConfig::default();
+        f(&mut c);
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains(&format!("interlock.{key}")), "{e}");
+    };
+    bad(|c| c.ewe_max_v = -11.0, "ewe_max_v");
+    bad(|c| c.ewe_min_v = 10.0, "ewe_max_v");
+    bad(|c| c.ewe_max_v = 25.0, "ewe_max_v");
+    bad(|c| c.ewe_min_v = f64::NAN, "ewe_min_v");
+    bad(|c| c.compliance_a = Some(0.0), "compliance_a");
+    bad(|c| c.max_sample_gap_s = 0.0, "max_sample_gap_s");
+    bad(|c| c.confirm_timeout_s = f64::INFINITY, "confirm_timeout_s");
+    bad(|c| c.resend_interval_s = -1.0, "resend_interval_s");
+    bad(|c| c.backwards_tolerance_s = 0.0, "backwards_tolerance_s");
+    assert!(InterlockConfig::default().validate().is_ok());
+}
+
+#[test]
+fn configured_compliance_wins_over_the_instruments() {
+    let cfg = InterlockConfig {
+        compliance_a: Some(5e-6),
+        ..InterlockConfig::default()
+    };
+    let mut il = Interlock::new(cfg).unwrap();
+    let mut link = Fake {
+        up: true,
+        ..Fake::default()
+    };
+    il.on_link_up(10e-6, 1_000_000_000, 0, &mut link);
+    il.on_sample(&sample(1, 1.0, 6e-6), 1, &mut link);
+    assert_eq!(
+        il.status().trip.unwrap().reason,
+        TripReason::CurrentCompliance
+    );
+}
