@@ -251,3 +251,20 @@ def test_a_client_joining_mid_run_mirrors_the_cubes(tmp_path: Path) -> None:
             for name in snap.fields["species"]:
                 np.testing.assert_array_equal(mirror.cubes[name], snap.arrays[name], name)
         assert daemon.stop() == 0
+
+
+def test_status_reports_rates_lags_and_memory(tmp_path: Path) -> None:
+    with (
+        run_sim(tmp_path / "sim", SIM) as sim,
+        run_daemon(tmp_path, external(sim.ports)) as daemon,
+        Control(daemon.control) as ctl,
+    ):
+        time.sleep(1.5)
+        ctl.status()  # the rates are over the interval since the previous status
+        time.sleep(1.0)
+        status = ctl.status()
+        assert daemon.stop() == 0
+    assert status["rates"]["samples"] == pytest.approx(ACCELERATION * 10, rel=0.3)  # 0.1 s
+    assert status["rates"]["events"] > 0 and status["rates"]["bytes_detector"] > 0
+    assert -0.1e9 < status["lags_ns"]["potentiostat"] < 0.5e9
+    assert status["memory"]["rss_bytes"] > 10 << 20

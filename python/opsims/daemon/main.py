@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import select
 import signal
 import socket
@@ -56,6 +57,10 @@ class Daemon:
         self.links: dict[str, dict[str, Any]] = {}
         self.last_counters: dict[str, int] = {}
         self.last_events_ns = time.time_ns()
+        # For the status rates and lags: the counters at the previous status, and the
+        # host time of the newest potentiostat sample published.
+        self._status_prev: tuple[float, dict[str, int]] = (time.monotonic(), {})
+        self._newest_sample_ns: int | None = None
         self.eis_points: list[dict[str, Any]] = []
         # The native interlock's last state read, and what of it was already handled.
         self.safety: dict[str, Any] = {"state": "armed"}
@@ -246,6 +251,7 @@ class Daemon:
         cols = self.acq.take_samples()
         n = len(cols["tick"])
         if n:
+            self._newest_sample_ns = int(cols["host_ns"][-1])
             samples = np.empty(n, EC_SAMPLE_DTYPE)
             for name in EC_SAMPLE_DTYPE.names or ():
                 samples[name] = cols[name]
@@ -349,8 +355,20 @@ class Daemon:
     def status(self) -> dict[str, Any]:
         counters = self.acq.counters()
         run = self.runner
+        now = time.monotonic()
+        t0, before = self._status_prev
+        self._status_prev = (now, counters)
+        dt = max(now - t0, 1e-9)
+        rates = {
+            name: (counters.get(key, 0) - before.get(key, 0)) / dt
+            for name, key in (("events", "events"), ("binned", "binned"),
+                              ("samples", "samples"), ("bytes_detector", "detector_bytes"))
+        }  # fmt: skip
+        newest = self._newest_sample_ns
         return {
-            "uptime_s": time.monotonic() - self.started,
+            "uptime_s": now - self.started,
+            "rates": rates,
+            "lags_ns": {"potentiostat": time.time_ns() - newest if newest else None},
             "links": {
                 name: {"state": state, **_link_detail(self.links.get(name))}
                 for name, state in self.acq.link_states().items()
@@ -368,7 +386,7 @@ class Daemon:
             "counters": counters,
             "clocks": self.acq.clock_states(),
             "memory": {
-                "cube_bytes": counters.get("allocated_bytes", 0),
+                "rss_bytes": _rss_bytes(),
                 "cube_budget_bytes": self.config.detector.memory_budget_bytes,
             },
             "publisher": self.pub.stats(),
@@ -473,6 +491,15 @@ class Daemon:
             reply = json.loads(s.makefile("rb").readline())
         if not reply.get("ok"):
             raise RuntimeError(f"the simulator refused a new region: {reply}")
+
+
+def _rss_bytes() -> int | None:
+    """Resident memory of this process (Linux), for the status topic."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 def _link_detail(event: dict[str, Any] | None) -> dict[str, Any]:
