@@ -24,6 +24,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList};
 
 use crate::clock;
+use crate::cube_reads;
 use crate::errors::{to_py, ConfigError, OpsimsError};
 use crate::interlock;
 use crate::raster_args::{self, PolarityArg};
@@ -671,26 +672,14 @@ impl PyAcquisition {
     ) -> PyResult<Bound<'py, PyArray3<u32>>> {
         let s = self.species_index(species)?;
         let (out, shape) = self
-            .engine(py, move |e| {
-                let cubes = e.cubes();
-                let z1 = z_stop.unwrap_or(cubes.n_slices());
-                let (ny, nx) = cubes.shape_yx();
-                let nz = z1.saturating_sub(z_start);
-                let mut out = vec![0u32; nz * ny * nx];
-                cubes
-                    .copy_range(s, z_start, z1, &mut out)
-                    .map(|()| (out, [nz, ny, nx]))
-            })?
+            .engine(py, move |e| cube_reads::cube(e.cubes(), s, z_start, z_stop))?
             .map_err(to_py)?;
         out.into_pyarray(py).reshape(shape)
     }
 
     /// Counts per slice and species, `uint64 [z, species]`.
     fn depth_profile<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyArray2<u64>>> {
-        let (flat, shape) = self.engine(py, |e| {
-            let c = e.cubes();
-            (c.depth_profile(), [c.n_slices(), c.n_species()])
-        })?;
+        let (flat, shape) = self.engine(py, |e| cube_reads::depth_profile(e.cubes()))?;
         flat.into_pyarray(py).reshape(shape)
     }
 
@@ -706,10 +695,7 @@ impl PyAcquisition {
         let s = self.species_index(species)?;
         let (map, shape) = self
             .engine(py, move |e| {
-                let c = e.cubes();
-                let z1 = z_stop.unwrap_or(c.n_slices());
-                let (ny, nx) = c.shape_yx();
-                c.ion_map(s, z_start, z1).map(|m| (m, [ny, nx]))
+                cube_reads::ion_map(e.cubes(), s, z_start, z_stop)
             })?
             .map_err(to_py)?;
         map.into_pyarray(py).reshape(shape)

@@ -16,6 +16,7 @@ use pyo3::prelude::*;
 use pyo3::types::PyDict;
 
 use crate::clock;
+use crate::cube_reads;
 use crate::errors::to_py;
 use crate::raster_args::{self, PolarityArg};
 
@@ -35,10 +36,6 @@ fn counters_dict<'py>(py: Python<'py>, c: &Counters) -> PyResult<Bound<'py, PyDi
 impl EventCore {
     fn species_index(&self, species: &Bound<'_, PyAny>) -> PyResult<usize> {
         raster_args::species_index(&self.engine.species(), species)
-    }
-
-    fn z_range(&self, z_start: usize, z_stop: Option<usize>) -> (usize, usize) {
-        (z_start, z_stop.unwrap_or(self.engine.cubes().n_slices()))
     }
 }
 
@@ -184,21 +181,18 @@ impl EventCore {
         z_stop: Option<usize>,
     ) -> PyResult<Bound<'py, PyArray3<u32>>> {
         let s = self.species_index(species)?;
-        let (z0, z1) = self.z_range(z_start, z_stop);
-        let (ny, nx) = self.engine.cubes().shape_yx();
-        let mut out = vec![0u32; z1.saturating_sub(z0) * ny * nx];
         let cubes = self.engine.cubes();
-        py.detach(|| cubes.copy_range(s, z0, z1, &mut out))
+        let (out, shape) = py
+            .detach(|| cube_reads::cube(cubes, s, z_start, z_stop))
             .map_err(to_py)?;
-        out.into_pyarray(py).reshape([z1 - z0, ny, nx])
+        out.into_pyarray(py).reshape(shape)
     }
 
     /// Counts per slice and species, `uint64 [z, species]`.
     fn depth_profile<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyArray2<u64>>> {
         let cubes = self.engine.cubes();
-        let flat = py.detach(|| cubes.depth_profile());
-        flat.into_pyarray(py)
-            .reshape([cubes.n_slices(), cubes.n_species()])
+        let (flat, shape) = py.detach(|| cube_reads::depth_profile(cubes));
+        flat.into_pyarray(py).reshape(shape)
     }
 
     /// Sum of one species over slices `z_start..z_stop`, `uint64 [y, x]`.
@@ -211,11 +205,11 @@ impl EventCore {
         z_stop: Option<usize>,
     ) -> PyResult<Bound<'py, PyArray2<u64>>> {
         let s = self.species_index(species)?;
-        let (z0, z1) = self.z_range(z_start, z_stop);
         let cubes = self.engine.cubes();
-        let map = py.detach(|| cubes.ion_map(s, z0, z1)).map_err(to_py)?;
-        let (ny, nx) = cubes.shape_yx();
-        map.into_pyarray(py).reshape([ny, nx])
+        let (map, shape) = py
+            .detach(|| cube_reads::ion_map(cubes, s, z_start, z_stop))
+            .map_err(to_py)?;
+        map.into_pyarray(py).reshape(shape)
     }
 
     /// The lowest slice changed since the last call, or None.

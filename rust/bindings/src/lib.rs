@@ -5,6 +5,7 @@ use pyo3::prelude::*;
 
 mod acquisition;
 mod clock;
+mod cube_reads;
 mod errors;
 mod events;
 mod interlock;

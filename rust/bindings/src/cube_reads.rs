@@ -1,0 +1,37 @@
+//! Reads of a `CubeSet` as owned buffers with their numpy shapes, shared by every
+//! binding that exposes cubes (each runs them with the GIL released).
+
+use opsims_core::cube::CubeSet;
+use opsims_core::CoreError;
+
+/// Slices `z0..z1` (default: all) of one species, `u32 [z, y, x]`.
+pub(crate) fn cube(
+    c: &CubeSet,
+    species: usize,
+    z0: usize,
+    z1: Option<usize>,
+) -> Result<(Vec<u32>, [usize; 3]), CoreError> {
+    let z1 = z1.unwrap_or(c.n_slices());
+    let (ny, nx) = c.shape_yx();
+    let nz = z1.saturating_sub(z0);
+    let mut out = vec![0u32; nz * ny * nx];
+    c.copy_range(species, z0, z1, &mut out)?;
+    Ok((out, [nz, ny, nx]))
+}
+
+/// One species summed over slices `z0..z1` (default: all), `u64 [y, x]`.
+pub(crate) fn ion_map(
+    c: &CubeSet,
+    species: usize,
+    z0: usize,
+    z1: Option<usize>,
+) -> Result<(Vec<u64>, [usize; 2]), CoreError> {
+    let z1 = z1.unwrap_or(c.n_slices());
+    let (ny, nx) = c.shape_yx();
+    Ok((c.ion_map(species, z0, z1)?, [ny, nx]))
+}
+
+/// Counts per slice and species, `u64 [z, species]`.
+pub(crate) fn depth_profile(c: &CubeSet) -> (Vec<u64>, [usize; 2]) {
+    (c.depth_profile(), [c.n_slices(), c.n_species()])
+}
