@@ -7,6 +7,7 @@ from __future__ import annotations
 import math
 import tomllib
 from collections.abc import Iterable, Mapping
+from pathlib import Path
 from typing import Any
 
 from opsims._native import ConfigError
@@ -76,6 +77,17 @@ class TableReader:
         unknown = sorted(set(self.table) - self.used)
         if unknown:
             raise ConfigError(f"{self.path}: unknown key(s) {', '.join(unknown)}")
+
+
+def load_toml(path: str | Path) -> dict[str, Any]:
+    """A configuration file, with read and syntax errors as ConfigError naming the file."""
+    try:
+        with open(path, "rb") as f:
+            return tomllib.load(f)
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read the configuration: {e.strerror}") from e
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path}: not valid TOML: {e}") from e
 
 
 def apply_overrides(doc: dict[str, Any], overrides: Iterable[str]) -> dict[str, Any]:

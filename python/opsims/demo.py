@@ -10,7 +10,6 @@ At the end it takes a snapshot of the cubes and shows the Na⁺ ion map and dept
 from __future__ import annotations
 
 import json
-import select
 import shutil
 import signal
 import subprocess
@@ -22,7 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
-from opsims.client import Control
+from opsims.announce import wait_for_announcement
+from opsims.client import Control, ControlError
 from opsims.monitor import ascii_map, watch
 
 OVERRIDES = [
@@ -45,7 +45,7 @@ def main(config: Path, protocol: Path, acceleration: float) -> int:
         cmd += ["--set", item]
     daemon = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, start_new_session=True)
     try:
-        endpoints = _announced(daemon)
+        endpoints = wait_for_announcement(daemon, "opsimsd")
         print(f"opsims demo: opsimsd publishes on {endpoints['publish']}, control on "
               f"{endpoints['control']}; simulator at {acceleration:g}x real time\n")  # fmt: skip
         with Control(endpoints["control"], timeout_s=10) as ctl:
@@ -56,8 +56,7 @@ def main(config: Path, protocol: Path, acceleration: float) -> int:
             if live.run.get("reason") == "safety":
                 # Accelerated, the depletion spike outruns the protocol's own 5 V stop in
                 # Python; the native interlock opened the circuit at the 10 V limit.
-                reset = ctl.reset_interlock("opsims demo", "depletion spike of the demo strip")
-                print(f"  the interlock stopped the strip; operator reset: {reset}")
+                print(f"  the interlock stopped the strip; operator reset: {_reset(ctl)}")
             snap = ctl.snapshot("cubes")
             status = ctl.status()
         _summary(snap.fields, snap.arrays)
@@ -77,18 +76,16 @@ def main(config: Path, protocol: Path, acceleration: float) -> int:
         shutil.rmtree(state, ignore_errors=True)
 
 
-def _announced(daemon: subprocess.Popen[str]) -> dict[str, str]:
-    assert daemon.stdout is not None
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        ready, _, _ = select.select([daemon.stdout], [], [], 0.2)
-        if ready:
-            msg = json.loads(daemon.stdout.readline() or "{}")
-            if msg.get("event") == "listening":
-                return {"publish": msg["publish"], "control": msg["control"]}
-        if daemon.poll() is not None:
-            raise RuntimeError(f"opsimsd exited with {daemon.returncode}")
-    raise TimeoutError("opsimsd did not start")
+def _reset(ctl: Control) -> dict[str, object]:
+    """Reset once the potentiostat shows open circuit (the interlock refuses before)."""
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            return ctl.reset_interlock("opsims demo", "depletion spike of the demo strip")
+        except ControlError as e:
+            if e.code != "refused" or time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
 
 
 def _wait_for_links(ctl: Control) -> None:

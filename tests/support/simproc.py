@@ -5,12 +5,10 @@ from __future__ import annotations
 
 import json
 import os
-import select
 import signal
 import socket
 import subprocess
 import sys
-import time
 import tomllib
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -19,6 +17,7 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+from opsims.announce import wait_for_announcement
 
 ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_CONFIG = ROOT / "config" / "opsimsd.toml"
@@ -170,19 +169,8 @@ def run_sim(tmp: Path, override: Mapping[str, Any] | None = None) -> Iterator[Si
 
 
 def _read_ports(proc: subprocess.Popen[str]) -> dict[str, int]:
-    assert proc.stdout is not None and proc.stderr is not None
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        ready, _, _ = select.select([proc.stdout], [], [], 0.2)
-        if ready:
-            line = proc.stdout.readline()
-            if line:
-                msg = json.loads(line)
-                if msg.get("event") == "listening":
-                    return {k: int(msg[k]) for k in ("detector", "potentiostat", "control")}
-        if proc.poll() is not None:
-            raise RuntimeError(f"opsims-sim exited {proc.returncode}: {proc.stderr.read()}")
-    raise TimeoutError("opsims-sim did not announce its ports")
+    msg = wait_for_announcement(proc, "opsims-sim", timeout_s=30)
+    return {k: int(msg[k]) for k in ("detector", "potentiostat", "control")}
 
 
 class DaemonProcess:
@@ -232,16 +220,8 @@ def run_daemon(tmp: Path, override: Mapping[str, Any]) -> Iterator[DaemonProcess
 
 
 def _read_announcement(proc: subprocess.Popen[str], log_path: Path) -> dict[str, str]:
-    assert proc.stdout is not None
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        ready, _, _ = select.select([proc.stdout], [], [], 0.2)
-        if ready:
-            line = proc.stdout.readline()
-            if line:
-                msg = json.loads(line)
-                if msg.get("event") == "listening":
-                    return {k: str(msg[k]) for k in ("publish", "control")}
-        if proc.poll() is not None:
-            raise RuntimeError(f"opsimsd exited {proc.returncode}: {log_path.read_text()}")
-    raise TimeoutError("opsimsd did not announce its sockets")
+    try:
+        msg = wait_for_announcement(proc, "opsimsd")
+    except RuntimeError as e:
+        raise RuntimeError(f"{e}: {log_path.read_text()}") from e
+    return {k: str(msg[k]) for k in ("publish", "control")}

@@ -5,14 +5,13 @@ checked at start, with the key path in every message (docs/daemon.md)."""
 from __future__ import annotations
 
 import os
-import tomllib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 from opsims._native import ConfigError
-from opsims.config_table import TableReader, apply_overrides
+from opsims.config_table import TableReader, apply_overrides, load_toml
 from opsims.daemon.safety import SafetyConfig
 from opsims.detector import DetectorConfig
 from opsims.sim.config import SimConfig
@@ -61,13 +60,7 @@ class DaemonConfig:
     @classmethod
     def load(cls, path: str | Path, overrides: Iterable[str] = ()) -> DaemonConfig:
         path = Path(path)
-        try:
-            with open(path, "rb") as f:
-                doc = tomllib.load(f)
-        except OSError as e:
-            raise ConfigError(f"{path}: cannot read the configuration: {e.strerror}") from e
-        except tomllib.TOMLDecodeError as e:
-            raise ConfigError(f"{path}: not valid TOML: {e}") from e
+        doc = load_toml(path)
         return cls.from_document(apply_overrides(doc, overrides), path)
 
     @classmethod

@@ -12,7 +12,6 @@ import argparse
 import json
 import logging
 import os
-import select
 import signal
 import socket
 import subprocess
@@ -26,6 +25,7 @@ import numpy as np
 import zmq
 
 from opsims._native import Acquisition, CommandRefused, ConfigError, InterlockError
+from opsims.announce import announce, wait_for_announcement
 from opsims.daemon.config import DaemonConfig
 from opsims.daemon.notify import Notifier
 from opsims.daemon.protocol import Runner, RunProtocol, RunState
@@ -131,7 +131,7 @@ class Daemon:
             "publish": self.pub.endpoint,
             "control": self.control.getsockopt_string(zmq.LAST_ENDPOINT),
         }
-        print(json.dumps({"event": "listening", **endpoints}), flush=True)
+        announce(**endpoints)
         self.runner = Runner(
             self,
             lambda f: self.pub.publish("run", f),
@@ -231,18 +231,9 @@ class Daemon:
         # Its own session: a Ctrl-C or a group signal reaches the daemon only, which opens
         # the circuit through the simulator before stopping it.
         self.sim = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, start_new_session=True)
-        assert self.sim.stdout is not None
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            ready, _, _ = select.select([self.sim.stdout], [], [], 0.2)
-            if ready:
-                msg = json.loads(self.sim.stdout.readline() or "{}")
-                if msg.get("event") == "listening":
-                    log.info("simulator up: %s", msg)
-                    return {k: int(msg[k]) for k in ("detector", "potentiostat", "control")}
-            if self.sim.poll() is not None:
-                raise RuntimeError(f"the simulator exited with {self.sim.returncode}")
-        raise RuntimeError("the simulator did not start within 30 s")
+        msg = wait_for_announcement(self.sim, "opsims-sim", timeout_s=30)
+        log.info("simulator up: %s", msg)
+        return {k: int(msg[k]) for k in ("detector", "potentiostat", "control")}
 
     # --- data out ---------------------------------------------------------------------
 

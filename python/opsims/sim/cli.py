@@ -16,6 +16,7 @@ from pathlib import Path
 from types import FrameType
 
 from opsims._native import ConfigError
+from opsims.announce import announce
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -53,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     sim.start()
-    print(json.dumps({"event": "listening", "host": config.host, **sim.ports}), flush=True)
+    announce(host=config.host, **sim.ports)
     while not sim.wait(0.5):
         pass
     sim.stop()

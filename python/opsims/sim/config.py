@@ -4,14 +4,13 @@ front-end must produce are exactly what the daemon expects to receive)."""
 
 from __future__ import annotations
 
-import tomllib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from opsims._native import ConfigError
-from opsims.config_table import TableReader, apply_overrides
+from opsims.config_table import TableReader, apply_overrides, load_toml
 from opsims.detector import DetectorConfig
 from opsims.sim.cell import CellConfig
 from opsims.sim.potentiostat import PotentiostatConfig
@@ -72,11 +71,5 @@ class SimConfig:
     @classmethod
     def load(cls, path: str | Path, overrides: Iterable[str] = ()) -> SimConfig:
         """Read a TOML file, apply ``dotted.key=value`` overrides, and check it all."""
-        try:
-            with open(path, "rb") as f:
-                doc = tomllib.load(f)
-        except OSError as e:
-            raise ConfigError(f"{path}: cannot read the configuration: {e.strerror}") from e
-        except tomllib.TOMLDecodeError as e:
-            raise ConfigError(f"{path}: not valid TOML: {e}") from e
+        doc = load_toml(path)
         return cls.from_document(apply_overrides(doc, overrides))
