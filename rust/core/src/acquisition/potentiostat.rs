@@ -3,7 +3,8 @@
 //!
 //! Every sample passes through the [`SampleCheck`] in this thread before it is queued;
 //! the check can write OPEN_CIRCUIT at once ([`LinkWriter::open_circuit_now`]) without
-//! anything in Python on the path (DESIGN.md, *Safety*; issue 5 puts the interlock here).
+//! anything in Python on the path (DESIGN.md, *Safety*; the interlock in `interlock/` is
+//! that check).
 //!
 //! Locks, always taken in this order: the check, the write half, the pending commands.
 //! The owner's commands pass the check's gate and are written under the check's lock,
@@ -52,7 +53,7 @@ pub struct Sample {
 }
 
 /// The check every sample passes in the reader thread before it is queued: the seam of
-/// the safety interlock (issue 5). Calls are serialised under one lock shared with the
+/// the safety interlock (`crate::interlock`). Calls are serialised under one lock shared with the
 /// owner's command path, and run on the reader thread except `allow_command` (the
 /// owner's thread) and `shutdown` (the thread that stops the acquisition).
 pub trait SampleCheck: Send {
