@@ -543,6 +543,9 @@ class Acquisition:
     ) -> npt.NDArray[np.uint32]:
         """A copy of slices ``z_start..z_stop`` of one species, ``[z, y, x]``, taken under
         the engine's lock (the detector thread waits meanwhile)."""
+    def cubes(self) -> tuple[dict[str, npt.NDArray[np.uint32]], int, int, int]:
+        """Every species' whole cube read under one lock (so all share the same slices
+        and binning): ``(cubes, frames_per_slice, n_slices, rebins)``."""
     def depth_profile(self) -> npt.NDArray[np.uint64]:
         """Counts per slice and species, ``[z, species]``."""
     def ion_map(

@@ -317,15 +317,8 @@ class Daemon:
         self.last_counters, self.last_events_ns = totals, now
 
     def _cubes(self) -> tuple[dict[str, Any], dict[str, Any]]:
-        """Every species' cube over the same slices: the binning is read first and the
-        read is repeated if a rebin changed it meanwhile (slices only grow otherwise)."""
-        acq = self.acq
-        for _ in range(5):
-            rebins, fps, n = acq.counters().get("rebins", 0), acq.frames_per_slice, acq.n_slices
-            cubes = {name: acq.cube(name, 0, n) for name in acq.species}
-            if acq.counters().get("rebins", 0) == rebins:
-                return cube_snapshot(cubes, frames_per_slice=fps, n_slices=n, rebins=rebins)
-        raise ControlError("busy", "the cubes kept rebinning; try again")
+        cubes, fps, n, rebins = self.acq.cubes()  # one lock: same slices for all species
+        return cube_snapshot(cubes, frames_per_slice=fps, n_slices=n, rebins=rebins)
 
     def _profile(self) -> tuple[dict[str, Any], dict[str, Any]]:
         fields = {

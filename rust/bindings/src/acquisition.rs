@@ -677,6 +677,29 @@ impl PyAcquisition {
         out.into_pyarray(py).reshape(shape)
     }
 
+    /// Every species' whole cube read under one lock, so all have the same slices and
+    /// binning: `({species: uint32 [z, y, x]}, frames_per_slice, n_slices, rebins)`.
+    #[allow(clippy::type_complexity)]
+    fn cubes<'py>(&self, py: Python<'py>) -> PyResult<(Bound<'py, PyDict>, u64, usize, u64)> {
+        let (reads, fps, n, rebins) = self.engine(py, |e| {
+            let c = e.cubes();
+            let reads = (0..c.n_species())
+                .map(|s| cube_reads::cube(c, s, 0, None))
+                .collect::<Result<Vec<_>, _>>();
+            (
+                reads,
+                e.frames_per_slice(),
+                c.n_slices(),
+                e.counters().rebins,
+            )
+        })?;
+        let d = PyDict::new(py);
+        for (name, (out, shape)) in self.species.iter().zip(reads.map_err(to_py)?) {
+            d.set_item(name, out.into_pyarray(py).reshape(shape)?)?;
+        }
+        Ok((d, fps, n, rebins))
+    }
+
     /// Counts per slice and species, `uint64 [z, species]`.
     fn depth_profile<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyArray2<u64>>> {
         let (flat, shape) = self.engine(py, |e| cube_reads::depth_profile(e.cubes()))?;
