@@ -8,6 +8,7 @@ defined as the model publishes it: host ns per nominal device ns, minus one, in 
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Literal
 
@@ -104,8 +105,8 @@ def test_error_below_50us_after_10s(tick_s: float, drift: float, start: int, kin
         assert 0.0 <= model.residual_ns < 2e6
 
 
-# Derandomized: the one-sided bound is statistical (about 1 run in 1000 exceeds 50 us at
-# exactly 10 s of uniform jitter), so the property is stated at 15 s, where none did.
+# Derandomized, and stated at 15 s: over any drift and delay shape the bound is
+# statistical; the 10 s worst case of the requirement is test_uniform_jitter_tail_at_10s.
 @settings(max_examples=40, deadline=None, derandomize=True)
 @given(
     drift=st.floats(-100.0, 100.0),
@@ -223,7 +224,7 @@ def test_uniform_jitter_tail_at_10s() -> None:
     """The requirement's worst case as a Monte-Carlo: 50 ppm drift, 0-2 ms uniform delay
     at ~100 pairs/s, exactly 10 s of data; no run may end above 50 us. (Fitted from the
     lowest pairs alone, about 1 run in 2000 did.)"""
-    worst, runs = 0.0, 4000
+    worst, runs = 0.0, int(os.environ.get("OPSIMS_CLOCK_TAIL_RUNS", 4000))
     for seed in range(runs):
         tick_s = (80e-9, 1e-12)[seed % 2]
         drift = 50.0 if seed % 4 < 2 else -50.0
