@@ -34,7 +34,17 @@ impl Encoder {
 
     /// Write the overflow records that bring the time base within reach of `tick`, and
     /// return the tick's value in the record's time field.
+    #[inline(always)]
     fn advance(&mut self, tick: u64, out: &mut Vec<u32>) -> Result<u32> {
+        // Nearly every record falls in the current wrap period: no division then.
+        match tick.checked_sub(self.base) {
+            Some(d) if d < self.kind.overflow_rule().period => Ok(d as u32),
+            _ => self.advance_wrapping(tick, out),
+        }
+    }
+
+    #[cold]
+    fn advance_wrapping(&mut self, tick: u64, out: &mut Vec<u32>) -> Result<u32> {
         if tick < self.base {
             return Err(CoreError::Config(format!(
                 "tick {tick} precedes the time base {}: ticks must not go backwards",
@@ -66,6 +76,7 @@ impl Encoder {
     }
 
     /// A detector event on a 0-based channel; `dtime` is ignored by T2 layouts.
+    #[inline]
     pub fn event(&mut self, tick: u64, channel: u8, dtime: u16, out: &mut Vec<u32>) -> Result<()> {
         if channel >= self.kind.channels() {
             return Err(CoreError::Config(format!(

@@ -1,15 +1,16 @@
 //! The emitter's state machine. One raster line period (line start to the next line
-//! start) is generated at a time, into reused buffers: each polarity's counts in time
-//! order, dead time applied, merged with the line's markers. Records are then written up
-//! to the requested tick; the rest of the line waits for the next call, so the stream
-//! does not depend on how the caller slices time.
+//! start) is generated at a time, into reused buffers: the line's markers and each
+//! polarity's counts, each in time order, dead time applied. Records are then written in
+//! time order across those runs up to the requested tick; the rest of the line waits for
+//! the next call, so the stream does not depend on how the caller slices time.
 
 use rand::SeedableRng;
 use rand_xoshiro::Xoshiro256PlusPlus;
 
 use super::events::{fate, EventLog};
 use super::line::{
-    merge, push_marker, Draw, Entry, Pol, FLYBACK, LINE_SETTLE, LIVE, LOST, MARKER, MASS_SETTLE,
+    push_marker, Counts, Draw, Entry, Pol, END, FLYBACK, LINE_SETTLE, LIVE, LOST, MARKER,
+    MASS_SETTLE,
 };
 use super::writer::LinkWriter;
 use super::{EmitterConfig, SimError, TruthCounters, MAX_COUNTS_PER_LINE};
@@ -43,10 +44,9 @@ pub struct Emitter {
     frame_start: u64,
     /// A line stop on the next line's start tick goes out in that line's first record.
     carry: u8,
+    /// The line's markers, closed by `END`; `mpos` is the next to write.
     markers: Vec<Entry>,
-    scratch: [Vec<Entry>; 2],
-    line: Vec<Entry>,
-    pos: usize,
+    mpos: usize,
     /// The generated line: frame, y, its row offset in a truth cube, and its slice.
     cur: (u64, u32, usize, u32),
     writer: LinkWriter,
@@ -101,7 +101,10 @@ impl Emitter {
                 settle: p.settle_ticks,
                 bounds,
                 next_free: 0,
-                events: Vec::new(),
+                events: vec![END],
+                pos: 0,
+                lost: vec![END.tick],
+                lost_pos: 0,
             });
             channel_of.extend(std::iter::repeat_n(p.channels[0], p.species.len()));
         }
@@ -140,10 +143,8 @@ impl Emitter {
             next_at: (0, 0),
             frame_start: cfg.start_tick,
             carry: 0,
-            markers: Vec::new(),
-            scratch: [Vec::new(), Vec::new()],
-            line: Vec::new(),
-            pos: 0,
+            markers: vec![END],
+            mpos: 0,
             cur: (0, 0, 0, 0),
             writer,
             truth: TruthCounters::default(),
@@ -285,13 +286,14 @@ impl Emitter {
             // The stop of the line before belongs at the old tick, not with the next
             // line's start: the line would look too long. Still in time order, as the
             // line's entries end before t0.
-            self.line.push(Entry {
+            let stop = Entry {
                 tick: t0,
                 x: u32::from(std::mem::take(&mut self.carry)),
                 dtime: 0,
                 species: 0,
                 kind: MARKER,
-            });
+            };
+            self.markers.insert(self.markers.len() - 1, stop);
         }
         self.jumps.push((t0, ticks));
         self.truth.clock_jumps += 1;
@@ -326,11 +328,31 @@ impl Emitter {
             LINE_SETTLE | FLYBACK => -1,
             _ => i16::from(s),
         };
-        while let Some(&e) = self.line.get(self.pos) {
-            if e.tick >= until {
-                return Ok(false);
+        loop {
+            // The earliest head of the line's runs; on equal ticks markers come first
+            // (an event on a line start belongs to the new line), then polarities in order.
+            let mut e = self.markers[self.mpos];
+            let mut from = usize::MAX;
+            for (i, p) in self.pols.iter().enumerate() {
+                let head = p.events[p.pos];
+                if head.tick < e.tick {
+                    (e, from) = (head, i);
+                }
             }
-            self.pos += 1;
+            if e.tick >= until {
+                // Counts lost before `until`, whose ticks were kept apart (not logging).
+                for p in &mut self.pols {
+                    while p.lost[p.lost_pos] < until {
+                        p.lost_pos += 1;
+                        t.dead_time_lost += 1;
+                    }
+                }
+                return Ok(e.tick == END.tick);
+            }
+            match self.pols.get_mut(from) {
+                Some(p) => p.pos += 1,
+                None => self.mpos += 1,
+            }
             match e.kind {
                 MARKER => {
                     let mask = e.x as u8;
@@ -385,10 +407,10 @@ impl Emitter {
                 }
             }
         }
-        Ok(true)
     }
 
-    /// Generate the line period starting at `t0` into `self.line`.
+    /// Generate the line period starting at `t0` into `self.markers` and the polarities'
+    /// `events`.
     fn generate_line(&mut self, t0: u64) {
         let (frame, y) = self.next_at;
         let last_line = y + 1 == self.ny;
@@ -400,8 +422,6 @@ impl Emitter {
             } else {
                 0
             };
-        self.line.clear();
-        self.pos = 0;
         // The validation bounds one frame period, so only the tick itself can run out.
         let Some(t_next) = t0.checked_add(settle + span + tail) else {
             self.next_t0 = None;
@@ -419,7 +439,8 @@ impl Emitter {
         let (pix0, stop) = (t0 + settle, t0 + settle + span);
         self.line_markers(frame, y, t0, pix0, stop, t_next);
         self.line_events(frame, y, t0, pix0, stop, t_next);
-        merge(&mut self.line, &self.markers, &self.pols, &mut self.scratch);
+        self.markers.push(END);
+        self.mpos = 0;
 
         let z = (frame / u64::from(self.cfg.raster.frames_per_slice)) as usize;
         let (ny, nx) = (self.ny as usize, self.nx as usize);
@@ -483,11 +504,16 @@ impl Emitter {
             rng: &mut self.rng,
             dtime_bins: self.dtime_bins,
             dead_time: self.cfg.dead_time_ticks,
+            log_lost: self.log.is_some(),
         };
         for p in &mut self.pols {
-            let out = &mut p.events;
-            out.clear();
-            let free = &mut p.next_free;
+            p.events.clear();
+            p.lost.clear();
+            let c = &mut Counts {
+                next_free: &mut p.next_free,
+                events: &mut p.events,
+                lost: &mut p.lost,
+            };
             let tag = |kind: u8, species: usize, x: u64| Entry {
                 tick: 0,
                 x: x as u32,
@@ -495,14 +521,7 @@ impl Emitter {
                 species: species as u8,
                 kind,
             };
-            d.run(
-                t0,
-                pix0 - t0,
-                self.dark,
-                tag(LINE_SETTLE, p.base, 0),
-                free,
-                out,
-            );
+            d.run(t0, pix0 - t0, self.dark, tag(LINE_SETTLE, p.base, 0), c);
             if p.per_pixel {
                 for x in 0..nx {
                     let px = pix0 + x * dwell;
@@ -511,15 +530,8 @@ impl Emitter {
                         let rate = self.rates[s * plane + row + x as usize];
                         let (a, b) = (px + p.bounds[k], px + p.bounds[k + 1]);
                         let live = b.min(a + p.settle);
-                        d.run(
-                            a,
-                            live - a,
-                            fraction * rate,
-                            tag(MASS_SETTLE, s, x),
-                            free,
-                            out,
-                        );
-                        d.run(live, b - live, rate, tag(LIVE, s, x), free, out);
+                        d.run(a, live - a, fraction * rate, tag(MASS_SETTLE, s, x), c);
+                        d.run(live, b - live, rate, tag(LIVE, s, x), c);
                     }
                 }
             } else {
@@ -530,28 +542,18 @@ impl Emitter {
                     let a = pix0 + x * dwell;
                     if settled > a {
                         let live = settled.min(a + dwell);
-                        d.run(
-                            a,
-                            live - a,
-                            fraction * rate,
-                            tag(MASS_SETTLE, s, x),
-                            free,
-                            out,
-                        );
-                        d.run(live, a + dwell - live, rate, tag(LIVE, s, x), free, out);
+                        d.run(a, live - a, fraction * rate, tag(MASS_SETTLE, s, x), c);
+                        d.run(live, a + dwell - live, rate, tag(LIVE, s, x), c);
                     } else {
-                        d.run(a, dwell, rate, tag(LIVE, s, x), free, out);
+                        d.run(a, dwell, rate, tag(LIVE, s, x), c);
                     }
                 }
             }
-            d.run(
-                stop,
-                t_next - stop,
-                self.dark,
-                tag(FLYBACK, p.base, 0),
-                free,
-                out,
-            );
+            d.run(stop, t_next - stop, self.dark, tag(FLYBACK, p.base, 0), c);
+            p.events.push(END);
+            p.lost.push(END.tick);
+            p.pos = 0;
+            p.lost_pos = 0;
         }
     }
 }

@@ -1,5 +1,5 @@
 //! The pieces of one generated line period: records-to-be (`Entry`), each polarity's
-//! Poisson counts with dead time (`Draw`), marker records, and their merge in time order.
+//! Poisson counts with dead time (`Draw`) and marker records, each run in time order.
 
 use rand::RngCore;
 use rand_distr::{Distribution, Exp1};
@@ -38,9 +38,22 @@ pub(super) struct Pol {
     pub(super) settle: u64,
     /// Per-pixel switching: part k covers pixel offsets `bounds[k]..bounds[k + 1]`.
     pub(super) bounds: Vec<u64>,
-    /// Counts before this tick fall in the dead time of the last recorded one.
     pub(super) next_free: u64,
+    /// The line's counts in time order, closed by `END`; `pos` is the next to write.
     pub(super) events: Vec<Entry>,
+    pub(super) pos: usize,
+    /// Ticks of the line's counts lost to dead time, closed by `END.tick`, when they are
+    /// not logged (then they are entries of `events`); `lost_pos` is the next to count.
+    pub(super) lost: Vec<u64>,
+    pub(super) lost_pos: usize,
+}
+
+/// Where one polarity's draws go.
+pub(super) struct Counts<'a> {
+    /// Counts before this tick fall in the dead time of the last recorded one.
+    pub(super) next_free: &'a mut u64,
+    pub(super) events: &'a mut Vec<Entry>,
+    pub(super) lost: &'a mut Vec<u64>,
 }
 
 /// Random draws for one line.
@@ -48,6 +61,8 @@ pub(super) struct Draw<'a> {
     pub(super) rng: &'a mut Xoshiro256PlusPlus,
     pub(super) dtime_bins: u64,
     pub(super) dead_time: u64,
+    /// Lost counts become entries (for the event log), not just ticks.
+    pub(super) log_lost: bool,
 }
 
 impl Draw<'_> {
@@ -60,15 +75,7 @@ impl Draw<'_> {
     /// time order. Exponential gaps give exactly a Poisson(rate·len) count at uniform
     /// times, already sorted, for one ziggurat draw per count.
     #[inline(always)]
-    pub(super) fn run(
-        &mut self,
-        a: u64,
-        len: u64,
-        rate: f64,
-        tag: Entry,
-        next_free: &mut u64,
-        out: &mut Vec<Entry>,
-    ) {
+    pub(super) fn run(&mut self, a: u64, len: u64, rate: f64, tag: Entry, c: &mut Counts) {
         if rate <= 0.0 || len == 0 {
             return;
         }
@@ -80,27 +87,39 @@ impl Draw<'_> {
                 break; // `len as f64` rounded up (a gap beyond 2^53 ticks)
             }
             let tick = a + dt;
-            if tick >= *next_free {
+            if tick >= *c.next_free {
                 // Non-paralysable: only a recorded count starts a dead time.
-                *next_free = tick.saturating_add(self.dead_time);
+                *c.next_free = tick.saturating_add(self.dead_time);
                 // Multiply-shift: bias below bins / 2^64, far under any test's reach.
                 let dtime = if self.dtime_bins > 1 {
                     ((u128::from(self.rng.next_u64()) * u128::from(self.dtime_bins)) >> 64) as u16
                 } else {
                     0
                 };
-                out.push(Entry { tick, dtime, ..tag });
-            } else {
-                out.push(Entry {
+                c.events.push(Entry { tick, dtime, ..tag });
+            } else if self.log_lost {
+                c.events.push(Entry {
                     tick,
                     kind: tag.kind | LOST,
                     ..tag
                 });
+            } else {
+                c.lost.push(tick);
             }
             off += self.exp() * inv;
         }
     }
 }
+
+/// Closes every run of a generated line: no record can carry the last tick, since a
+/// line period must end before it.
+pub(super) const END: Entry = Entry {
+    tick: u64::MAX,
+    x: 0,
+    dtime: 0,
+    species: 0,
+    kind: MARKER,
+};
 
 pub(super) fn push_marker(markers: &mut Vec<Entry>, tick: u64, mask: u8) {
     match markers.last_mut() {
@@ -114,45 +133,4 @@ pub(super) fn push_marker(markers: &mut Vec<Entry>, tick: u64, mask: u8) {
             kind: MARKER,
         }),
     }
-}
-
-/// Merge the markers and every polarity's events by tick; at equal ticks markers come
-/// first (an event on a line start belongs to the new line), then polarities in order.
-pub(super) fn merge(
-    line: &mut Vec<Entry>,
-    markers: &[Entry],
-    pols: &[Pol],
-    scratch: &mut [Vec<Entry>; 2],
-) {
-    let [events, spare] = scratch;
-    match pols {
-        [] => merge2(markers, &[], line),
-        [p] => merge2(markers, &p.events, line),
-        [p, q, rest @ ..] => {
-            merge2(&p.events, &q.events, events);
-            for r in rest {
-                merge2(events, &r.events, spare);
-                std::mem::swap(events, spare);
-            }
-            merge2(markers, events, line);
-        }
-    }
-}
-
-/// Two sorted runs into `out`; on equal ticks `a` goes first.
-fn merge2(a: &[Entry], b: &[Entry], out: &mut Vec<Entry>) {
-    out.clear();
-    out.reserve(a.len() + b.len());
-    let (mut i, mut j) = (0, 0);
-    while let (Some(x), Some(y)) = (a.get(i), b.get(j)) {
-        if y.tick < x.tick {
-            out.push(*y);
-            j += 1;
-        } else {
-            out.push(*x);
-            i += 1;
-        }
-    }
-    out.extend_from_slice(&a[i..]);
-    out.extend_from_slice(&b[j..]);
 }
