@@ -1,65 +1,57 @@
 //! The emitter's state machine. One raster line period (line start to the next line
-//! start) is generated at a time, into reused buffers: the line's markers and each
-//! polarity's counts, each in time order, dead time applied. Records are then written in
-//! time order across those runs up to the requested tick; the rest of the line waits for
-//! the next call, so the stream does not depend on how the caller slices time.
+//! start) is generated at a time (`generate.rs`), into reused buffers: the line's markers
+//! and each polarity's counts, each in time order, dead time applied. Records are then
+//! written in time order across those runs up to the requested tick; the rest of the line
+//! waits for the next call, so the stream does not depend on how the caller slices time.
+//! When a call spans several lines, one thread generates while the caller's writes: the
+//! random stream is drawn in the same order either way, so the output is the same.
 
-use rand::SeedableRng;
-use rand_xoshiro::Xoshiro256PlusPlus;
+use std::sync::mpsc;
 
 use super::events::{fate, EventLog};
-use super::line::{
-    push_marker, Counts, Draw, Entry, Pol, END, FLYBACK, LINE_SETTLE, LIVE, LOST, MARKER,
-    MASS_SETTLE,
-};
+use super::generate::Generator;
+use super::line::{Entry, Line, END, FLYBACK, LINE_SETTLE, LIVE, LOST, MARKER};
 use super::writer::LinkWriter;
 use super::{EmitterConfig, SimError, TruthCounters, MAX_COUNTS_PER_LINE};
 use crate::error::Result;
 use crate::link::frame::FrameHeader;
 use crate::link::tttr::RecordType;
-use crate::raster::{FrameMarkerAt, MarkerMasks, Switching};
+use crate::raster::MarkerMasks;
+
+/// A call generates on a second thread from this many lines on: below, the thread's
+/// start costs more than it saves.
+const PIPELINE_MIN_LINES: u64 = 3;
+/// Lines generated ahead of the writer at most (a bound on memory).
+const PIPELINE_DEPTH: usize = 2;
 
 /// The simulated detector front-end (module doc); `DetectorEmitter` in Python.
 pub struct Emitter {
     cfg: EmitterConfig,
+    gen: Generator,
+    out: Output,
+    /// Line buffers to reuse.
+    spare: Vec<Line>,
+    n_cells: usize,
+    /// (tick the counter jumped from, ticks jumped), in order.
+    jumps: Vec<(u64, u64)>,
+    last_until: u64,
+}
+
+/// What has been written: the link stream, and its truth.
+struct Output {
     masks: MarkerMasks,
-    end_markers: bool,
-    any_per_frame: bool,
-    nx: u64,
-    ny: u32,
-    dwell: u64,
-    pols: Vec<Pol>,
-    /// Pixel offsets of every per-pixel mass switch, all polarities, sorted and unique.
-    switch_offsets: Vec<u64>,
+    nx: usize,
+    ny: usize,
     channel_of: Vec<u8>,
-    /// Counts per tick, `[species][y][x]`; a new set waits for the next line start.
-    rates: Vec<f64>,
-    next_rates: Option<Vec<f64>>,
-    dark: f64,
-    rng: Xoshiro256PlusPlus,
-    dtime_bins: u64,
-    /// Start of the next line to generate (None once ticks run out), and its place.
-    next_t0: Option<u64>,
-    next_at: (u64, u32),
-    frame_start: u64,
-    /// A line stop on the next line's start tick goes out in that line's first record.
-    carry: u8,
-    /// The line's markers, closed by `END`; `mpos` is the next to write.
-    markers: Vec<Entry>,
-    mpos: usize,
-    /// The generated line: frame, y, its row offset in a truth cube, and its slice.
-    cur: (u64, u32, usize, u32),
+    record_truth: bool,
+    /// The line being written.
+    line: Line,
     writer: LinkWriter,
     truth: TruthCounters,
     /// Every count with its fate, when `record_events`; drained by `take_events`.
     log: Option<EventLog>,
-    /// (tick the counter jumped from, ticks jumped), in order.
-    jumps: Vec<(u64, u64)>,
-    /// A jump waits for the next line start to move the link's time base.
-    rebase: bool,
     cubes: Vec<Vec<u32>>,
     n_slices: usize,
-    last_until: u64,
     last_tick: u64,
     at: (u64, u32),
 }
@@ -84,32 +76,11 @@ impl Emitter {
         } else {
             (0, 0)
         };
-        let mut pols = Vec::new();
-        let mut channel_of = Vec::new();
-        let mut offsets = Vec::new();
-        for p in &r.polarities {
-            let n = p.species.len() as u64;
-            let per_pixel = p.switching == Switching::PerPixel;
-            let bounds: Vec<u64> = (0..=n).map(|k| (k * r.dwell_ticks).div_ceil(n)).collect();
-            if per_pixel {
-                offsets.extend_from_slice(&bounds[..n as usize]);
-            }
-            pols.push(Pol {
-                base: channel_of.len(),
-                n,
-                per_pixel,
-                settle: p.settle_ticks,
-                bounds,
-                next_free: 0,
-                events: vec![END],
-                pos: 0,
-                lost: vec![END.tick],
-                lost_pos: 0,
-            });
-            channel_of.extend(std::iter::repeat_n(p.channels[0], p.species.len()));
-        }
-        offsets.sort_unstable();
-        offsets.dedup();
+        let channel_of: Vec<u8> = r
+            .polarities
+            .iter()
+            .flat_map(|p| std::iter::repeat_n(p.channels[0], p.species.len()))
+            .collect();
         let template = FrameHeader {
             record_type: cfg.record_type,
             tick_fs,
@@ -120,41 +91,32 @@ impl Emitter {
             mass_switch_mask: r.markers.mass_switch,
             ..FrameHeader::default()
         };
-        let n_cells = channel_of.len() * (r.ny as usize) * (r.nx as usize);
+        let (nx, ny) = (r.nx as usize, r.ny as usize);
         let mut writer = LinkWriter::new(kind, template, cfg.max_records_per_frame as usize);
         writer.skip_to(cfg.start_tick);
-        Ok(Emitter {
+        let gen = Generator::new(&cfg, dtime_bins);
+        let out = Output {
             masks: r.markers,
-            end_markers: r.frame_marker_at == FrameMarkerAt::End,
-            any_per_frame: cfg.any_per_frame(),
-            nx: u64::from(r.nx),
-            ny: r.ny,
-            dwell: r.dwell_ticks,
-            pols,
-            switch_offsets: offsets,
+            nx,
+            ny,
             cubes: vec![Vec::new(); channel_of.len()],
             channel_of,
-            rates: vec![0.0; n_cells],
-            next_rates: None,
-            dark: cfg.dark_rate_hz * cfg.tick_s,
-            rng: Xoshiro256PlusPlus::seed_from_u64(cfg.seed),
-            dtime_bins,
-            next_t0: Some(cfg.start_tick),
-            next_at: (0, 0),
-            frame_start: cfg.start_tick,
-            carry: 0,
-            markers: vec![END],
-            mpos: 0,
-            cur: (0, 0, 0, 0),
+            record_truth: cfg.record_truth,
+            line: Line::new(gen.n_pols()),
             writer,
             truth: TruthCounters::default(),
             log: cfg.record_events.then(EventLog::default),
-            jumps: Vec::new(),
-            rebase: false,
             n_slices: 0,
-            last_until: 0,
             last_tick: 0,
             at: (0, 0),
+        };
+        Ok(Emitter {
+            n_cells: out.channel_of.len() * ny * nx,
+            gen,
+            out,
+            spare: Vec::new(),
+            jumps: Vec::new(),
+            last_until: 0,
             cfg,
         })
     }
@@ -166,41 +128,42 @@ impl Emitter {
         self.cfg.raster.species_names()
     }
     pub fn next_sequence(&self) -> u64 {
-        self.writer.next_sequence()
+        self.out.writer.next_sequence()
     }
     /// Frame and line of the last line start sent, and the tick of the last record sent.
     pub fn position(&self) -> (u64, u32, u64) {
-        (self.at.0, self.at.1, self.last_tick)
+        (self.out.at.0, self.out.at.1, self.out.last_tick)
     }
     /// Slices of frames begun (a slice appears with its first line).
     pub fn n_slices(&self) -> usize {
-        self.n_slices
+        self.out.n_slices
     }
 
     pub fn truth_counters(&self) -> TruthCounters {
-        let (records, overflow_records, wraps) = self.writer.counts();
+        let (records, overflow_records, wraps) = self.out.writer.counts();
         TruthCounters {
             records,
-            link_frames: self.writer.next_sequence(),
+            link_frames: self.out.writer.next_sequence(),
             overflow_records,
             wraps,
-            ..self.truth
+            ..self.out.truth
         }
     }
 
     /// Counts per second, `[species][y][x]` flattened; used from the next line start on.
     pub fn set_rates(&mut self, rates_hz: &[f64]) -> std::result::Result<(), SimError> {
-        let (ny, nx) = (self.ny as usize, self.nx as usize);
-        if rates_hz.len() != self.rates.len() {
+        let (ny, nx) = (self.cfg.raster.ny as usize, self.cfg.raster.nx as usize);
+        if rates_hz.len() != self.n_cells {
             return Err(SimError::Value(format!(
                 "rates: expected {} values ([{}, {ny}, {nx}]), got {}",
-                self.rates.len(),
-                self.channel_of.len(),
+                self.n_cells,
+                self.out.channel_of.len(),
                 rates_hz.len()
             )));
         }
         let tick_s = self.cfg.tick_s;
-        let limit = MAX_COUNTS_PER_LINE / (self.nx * self.dwell) as f64;
+        let r = &self.cfg.raster;
+        let limit = MAX_COUNTS_PER_LINE / (u64::from(r.nx) * r.dwell_ticks) as f64;
         let mut per_tick = Vec::with_capacity(rates_hz.len());
         for (i, &r) in rates_hz.iter().enumerate() {
             let t = r * tick_s;
@@ -213,7 +176,7 @@ impl Emitter {
             }
             per_tick.push(t);
         }
-        self.next_rates = Some(per_tick);
+        self.gen.set_rates(per_tick);
         Ok(())
     }
 
@@ -227,14 +190,84 @@ impl Emitter {
             )));
         }
         self.last_until = until;
-        self.writer.begin(until);
-        while self.emit_line(until)? {
-            match self.next_t0 {
-                Some(t0) if t0 < until => self.generate_line(t0),
-                _ => break,
+        self.out.writer.begin(until);
+        if self.out.emit_line(until)? {
+            if let Some(t0) = self.gen.next_start().filter(|&t0| t0 < until) {
+                if (until - t0) / self.gen.line_period() >= PIPELINE_MIN_LINES {
+                    self.generate_beside(until)?;
+                } else {
+                    self.generate_inline(until)?;
+                }
             }
         }
-        Ok(self.writer.finish())
+        Ok(self.out.writer.finish())
+    }
+
+    /// Generate and write line after line while lines start before `until`.
+    fn generate_inline(&mut self, until: u64) -> Result<()> {
+        while self.gen.next_start().is_some_and(|t0| t0 < until) {
+            let mut line = self
+                .spare
+                .pop()
+                .unwrap_or_else(|| Line::new(self.gen.n_pols()));
+            if !self.gen.generate(&mut line) {
+                self.spare.push(line);
+                break;
+            }
+            self.spare.push(self.out.start(line));
+            if !self.out.emit_line(until)? {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    /// The same, with the lines generated on a scoped thread while this one writes.
+    /// Only the last line can end after `until`, so the writer takes every line sent.
+    fn generate_beside(&mut self, until: u64) -> Result<()> {
+        let (gen, out, spare) = (&mut self.gen, &mut self.out, &mut self.spare);
+        let n_pols = gen.n_pols();
+        std::thread::scope(|s| {
+            let (to_writer, lines) = mpsc::sync_channel::<Line>(PIPELINE_DEPTH);
+            let (to_generator, free) = mpsc::channel::<Line>();
+            for line in spare.drain(..) {
+                let _ = to_generator.send(line);
+            }
+            let generator = s.spawn(move || {
+                while gen.next_start().is_some_and(|t0| t0 < until) {
+                    let mut line = free.try_recv().unwrap_or_else(|_| Line::new(n_pols));
+                    if !gen.generate(&mut line) || to_writer.send(line).is_err() {
+                        break; // the tick ran out, or the writer stopped on an error
+                    }
+                }
+                drop(to_writer);
+                free.try_iter().collect::<Vec<_>>()
+            });
+            let mut written = Ok(());
+            for line in &lines {
+                let done = out.start(line);
+                if let Err(mpsc::SendError(done)) = to_generator.send(done) {
+                    spare.push(done);
+                }
+                match out.emit_line(until) {
+                    Ok(true) => {}
+                    Ok(false) => break,
+                    Err(e) => {
+                        written = Err(e);
+                        break;
+                    }
+                }
+            }
+            drop(lines);
+            drop(to_generator);
+            // Generation has no failure of its own; a panic there is a bug, kept as one.
+            spare.extend(
+                generator
+                    .join()
+                    .unwrap_or_else(|p| std::panic::resume_unwind(p)),
+            );
+            written
+        })
     }
 
     /// Copy slices `z0..z1` of one species' truth cube into `out` (`[z][y][x]`).
@@ -245,17 +278,17 @@ impl Emitter {
         z1: usize,
         out: &mut [u32],
     ) -> std::result::Result<(), SimError> {
-        let plane = self.ny as usize * self.nx as usize;
+        let plane = self.cfg.raster.ny as usize * self.cfg.raster.nx as usize;
         if !self.cfg.record_truth {
             return Err(SimError::Value(
                 "truth cubes are not kept: create the emitter with record_truth=True".into(),
             ));
         }
-        if species >= self.cubes.len() || z0 > z1 || z1 > self.n_slices {
+        if species >= self.out.cubes.len() || z0 > z1 || z1 > self.out.n_slices {
             return Err(SimError::Value(format!(
                 "truth_cube: species {species}, slices {z0}..{z1} outside {} species x {} slices",
-                self.cubes.len(),
-                self.n_slices
+                self.out.cubes.len(),
+                self.out.n_slices
             )));
         }
         if out.len() != (z1 - z0) * plane {
@@ -263,7 +296,7 @@ impl Emitter {
                 "truth_cube: output has the wrong size".into(),
             ));
         }
-        out.copy_from_slice(&self.cubes[species][z0 * plane..z1 * plane]);
+        out.copy_from_slice(&self.out.cubes[species][z0 * plane..z1 * plane]);
         Ok(())
     }
 
@@ -276,29 +309,29 @@ impl Emitter {
         if ticks == 0 {
             return Err(SimError::Value("jump: ticks must be > 0".into()));
         }
-        let Some(t0) = self.next_t0 else {
+        let Some(t0) = self.gen.next_start() else {
             return Err(SimError::Value("jump: the device tick has run out".into()));
         };
         let to = t0.checked_add(ticks).ok_or_else(|| {
             SimError::Value(format!("jump: {ticks} ticks from {t0} overflows the tick"))
         })?;
-        if self.carry != 0 {
+        let carry = self.gen.jump(to);
+        if carry != 0 {
             // The stop of the line before belongs at the old tick, not with the next
             // line's start: the line would look too long. Still in time order, as the
             // line's entries end before t0.
             let stop = Entry {
                 tick: t0,
-                x: u32::from(std::mem::take(&mut self.carry)),
+                x: u32::from(carry),
                 dtime: 0,
                 species: 0,
                 kind: MARKER,
             };
-            self.markers.insert(self.markers.len() - 1, stop);
+            let markers = &mut self.out.line.markers;
+            markers.insert(markers.len() - 1, stop);
         }
         self.jumps.push((t0, ticks));
-        self.truth.clock_jumps += 1;
-        self.next_t0 = Some(to);
-        self.rebase = true;
+        self.out.truth.clock_jumps += 1;
         Ok(())
     }
 
@@ -309,19 +342,42 @@ impl Emitter {
 
     /// The counts emitted (or lost to dead time) since the last call, in time order.
     pub fn take_events(&mut self) -> std::result::Result<EventLog, SimError> {
-        match &mut self.log {
+        match &mut self.out.log {
             Some(log) => Ok(std::mem::take(log)),
             None => Err(SimError::Value(
                 "events are not logged: create the emitter with record_events=True".into(),
             )),
         }
     }
+}
+
+impl Output {
+    /// Make `line` the one being written; returns the one it replaces.
+    fn start(&mut self, line: Line) -> Line {
+        if let Some(t0) = line.rebase_to {
+            self.writer.skip_to(t0);
+        }
+        self.n_slices = self.n_slices.max(line.z + 1);
+        if self.record_truth {
+            let need = (line.z + 1) * self.ny * self.nx;
+            for c in &mut self.cubes {
+                if c.len() < need {
+                    c.resize(need, 0);
+                }
+            }
+        }
+        std::mem::replace(&mut self.line, line)
+    }
 
     /// Write the generated line's records below `until`; true when the line is done.
-    fn emit_line(&mut self, until: u64) -> Result<bool> {
+    pub(super) fn emit_line(&mut self, until: u64) -> Result<bool> {
         let m = self.masks;
-        let (frame, y, row, z) = self.cur;
-        let keep = self.cfg.record_truth;
+        let l = &mut self.line;
+        let (frame, y) = (l.frame, l.y);
+        let row = (l.z * self.ny + y as usize) * self.nx;
+        // The validation bounds nx and ny to u16 indices when logging.
+        let z = u32::try_from(l.z).unwrap_or(u32::MAX);
+        let keep = self.record_truth;
         let t = &mut self.truth;
         // Dark counts carry their polarity's first species: the log says -1.
         let species = |kind: u8, s: u8| match kind & !LOST {
@@ -331,27 +387,27 @@ impl Emitter {
         loop {
             // The earliest head of the line's runs; on equal ticks markers come first
             // (an event on a line start belongs to the new line), then polarities in order.
-            let mut e = self.markers[self.mpos];
+            let mut e = l.markers[l.mpos];
             let mut from = usize::MAX;
-            for (i, p) in self.pols.iter().enumerate() {
-                let head = p.events[p.pos];
+            for (i, run) in l.runs.iter().enumerate() {
+                let head = run.events[run.pos];
                 if head.tick < e.tick {
                     (e, from) = (head, i);
                 }
             }
             if e.tick >= until {
                 // Counts lost before `until`, whose ticks were kept apart (not logging).
-                for p in &mut self.pols {
-                    while p.lost[p.lost_pos] < until {
-                        p.lost_pos += 1;
+                for run in &mut l.runs {
+                    while run.lost[run.lost_pos] < until {
+                        run.lost_pos += 1;
                         t.dead_time_lost += 1;
                     }
                 }
                 return Ok(e.tick == END.tick);
             }
-            match self.pols.get_mut(from) {
-                Some(p) => p.pos += 1,
-                None => self.mpos += 1,
+            match l.runs.get_mut(from) {
+                Some(run) => run.pos += 1,
+                None => l.mpos += 1,
             }
             match e.kind {
                 MARKER => {
@@ -396,7 +452,6 @@ impl Emitter {
                         _ => t.mass_settle += 1,
                     }
                     if let Some(log) = &mut self.log {
-                        // The validation bounds nx and ny to u16 indices when logging.
                         let at = if kind == LIVE {
                             (z, y as u16, e.x as u16)
                         } else {
@@ -406,154 +461,6 @@ impl Emitter {
                     }
                 }
             }
-        }
-    }
-
-    /// Generate the line period starting at `t0` into `self.markers` and the polarities'
-    /// `events`.
-    fn generate_line(&mut self, t0: u64) {
-        let (frame, y) = self.next_at;
-        let last_line = y + 1 == self.ny;
-        let settle = self.cfg.raster.line_settle_ticks;
-        let span = self.nx * self.dwell;
-        let tail = self.cfg.raster.flyback_ticks
-            + if last_line {
-                self.cfg.frame_gap_ticks
-            } else {
-                0
-            };
-        // The validation bounds one frame period, so only the tick itself can run out.
-        let Some(t_next) = t0.checked_add(settle + span + tail) else {
-            self.next_t0 = None;
-            return;
-        };
-        if let Some(r) = self.next_rates.take() {
-            self.rates = r;
-        }
-        if std::mem::take(&mut self.rebase) {
-            self.writer.skip_to(t0);
-        }
-        if y == 0 {
-            self.frame_start = t0;
-        }
-        let (pix0, stop) = (t0 + settle, t0 + settle + span);
-        self.line_markers(frame, y, t0, pix0, stop, t_next);
-        self.line_events(frame, y, t0, pix0, stop, t_next);
-        self.markers.push(END);
-        self.mpos = 0;
-
-        let z = (frame / u64::from(self.cfg.raster.frames_per_slice)) as usize;
-        let (ny, nx) = (self.ny as usize, self.nx as usize);
-        self.n_slices = self.n_slices.max(z + 1);
-        if self.cfg.record_truth {
-            let need = (z + 1) * ny * nx;
-            for c in &mut self.cubes {
-                if c.len() < need {
-                    c.resize(need, 0);
-                }
-            }
-        }
-        let z_log = u32::try_from(z).unwrap_or(u32::MAX);
-        self.cur = (frame, y, (z * ny + y as usize) * nx, z_log);
-        self.next_at = if last_line {
-            (frame + 1, 0)
-        } else {
-            (frame, y + 1)
-        };
-        self.next_t0 = Some(t_next);
-    }
-
-    fn line_markers(&mut self, frame: u64, y: u32, t0: u64, pix0: u64, stop: u64, t_next: u64) {
-        let m = self.masks;
-        let mk = &mut self.markers;
-        mk.clear();
-        let mut first = std::mem::take(&mut self.carry) | m.line_start;
-        if y == 0 {
-            // End markers: frame f's marker is frame f+1's first record; frame 0 has none before it.
-            if !self.end_markers || frame > 0 {
-                first |= m.frame;
-            }
-            if self.any_per_frame {
-                first |= m.mass_switch;
-            }
-        }
-        push_marker(mk, t0, first);
-        if m.mass_switch != 0 && !self.switch_offsets.is_empty() {
-            for x in 0..self.nx {
-                let px = pix0 + x * self.dwell;
-                for &o in &self.switch_offsets {
-                    push_marker(mk, px + o, m.mass_switch);
-                }
-            }
-        }
-        if m.line_stop != 0 {
-            if stop < t_next {
-                push_marker(mk, stop, m.line_stop);
-            } else {
-                self.carry = m.line_stop;
-            }
-        }
-    }
-
-    fn line_events(&mut self, frame: u64, y: u32, t0: u64, pix0: u64, stop: u64, t_next: u64) {
-        let (nx, dwell) = (self.nx, self.dwell);
-        let plane = self.ny as usize * nx as usize;
-        let row = y as usize * nx as usize;
-        let fraction = self.cfg.settle_rate_fraction;
-        let mut d = Draw {
-            rng: &mut self.rng,
-            dtime_bins: self.dtime_bins,
-            dead_time: self.cfg.dead_time_ticks,
-            log_lost: self.log.is_some(),
-        };
-        for p in &mut self.pols {
-            p.events.clear();
-            p.lost.clear();
-            let c = &mut Counts {
-                next_free: &mut p.next_free,
-                events: &mut p.events,
-                lost: &mut p.lost,
-            };
-            let tag = |kind: u8, species: usize, x: u64| Entry {
-                tick: 0,
-                x: x as u32,
-                dtime: 0,
-                species: species as u8,
-                kind,
-            };
-            d.run(t0, pix0 - t0, self.dark, tag(LINE_SETTLE, p.base, 0), c);
-            if p.per_pixel {
-                for x in 0..nx {
-                    let px = pix0 + x * dwell;
-                    for k in 0..p.n as usize {
-                        let s = p.base + k;
-                        let rate = self.rates[s * plane + row + x as usize];
-                        let (a, b) = (px + p.bounds[k], px + p.bounds[k + 1]);
-                        let live = b.min(a + p.settle);
-                        d.run(a, live - a, fraction * rate, tag(MASS_SETTLE, s, x), c);
-                        d.run(live, b - live, rate, tag(LIVE, s, x), c);
-                    }
-                }
-            } else {
-                let s = p.base + (frame % p.n) as usize;
-                let rates = &self.rates[s * plane + row..][..nx as usize];
-                let settled = self.frame_start.saturating_add(p.settle);
-                for (x, &rate) in (0..nx).zip(rates) {
-                    let a = pix0 + x * dwell;
-                    if settled > a {
-                        let live = settled.min(a + dwell);
-                        d.run(a, live - a, fraction * rate, tag(MASS_SETTLE, s, x), c);
-                        d.run(live, a + dwell - live, rate, tag(LIVE, s, x), c);
-                    } else {
-                        d.run(a, dwell, rate, tag(LIVE, s, x), c);
-                    }
-                }
-            }
-            d.run(stop, t_next - stop, self.dark, tag(FLYBACK, p.base, 0), c);
-            p.events.push(END);
-            p.lost.push(END.tick);
-            p.pos = 0;
-            p.lost_pos = 0;
         }
     }
 }

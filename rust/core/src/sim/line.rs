@@ -1,5 +1,6 @@
-//! The pieces of one generated line period: records-to-be (`Entry`), each polarity's
-//! Poisson counts with dead time (`Draw`) and marker records, each run in time order.
+//! The pieces of one generated line period (`Line`): records-to-be (`Entry`), each
+//! polarity's Poisson counts with dead time (`Draw`) and marker records, each run in
+//! time order.
 
 use rand::RngCore;
 use rand_distr::{Distribution, Exp1};
@@ -38,19 +39,61 @@ pub(super) struct Pol {
     pub(super) settle: u64,
     /// Per-pixel switching: part k covers pixel offsets `bounds[k]..bounds[k + 1]`.
     pub(super) bounds: Vec<u64>,
+    /// Counts before this tick fall in the dead time of the last recorded one.
     pub(super) next_free: u64,
-    /// The line's counts in time order, closed by `END`; `pos` is the next to write.
+}
+
+/// One polarity's counts in a generated line.
+#[derive(Debug)]
+pub(super) struct Run {
+    /// Counts in time order, closed by `END`; `pos` is the next to write.
     pub(super) events: Vec<Entry>,
     pub(super) pos: usize,
-    /// Ticks of the line's counts lost to dead time, closed by `END.tick`, when they are
-    /// not logged (then they are entries of `events`); `lost_pos` is the next to count.
+    /// Ticks of counts lost to dead time, closed by `END.tick`, when they are not logged
+    /// (then they are entries of `events`); `lost_pos` is the next to count.
     pub(super) lost: Vec<u64>,
     pub(super) lost_pos: usize,
 }
 
+/// A generated line period (line start to the next line start), ready to write.
+#[derive(Debug)]
+pub(super) struct Line {
+    /// Markers in time order, closed by `END`; `mpos` is the next to write.
+    pub(super) markers: Vec<Entry>,
+    pub(super) mpos: usize,
+    /// One per polarity.
+    pub(super) runs: Vec<Run>,
+    pub(super) frame: u64,
+    pub(super) y: u32,
+    /// Its slice of the cubes.
+    pub(super) z: usize,
+    /// After a counter jump the link's time base moves here before the line is written.
+    pub(super) rebase_to: Option<u64>,
+}
+
+impl Line {
+    /// A line with nothing left to write.
+    pub(super) fn new(n_pols: usize) -> Self {
+        let run = || Run {
+            events: vec![END],
+            pos: 0,
+            lost: vec![END.tick],
+            lost_pos: 0,
+        };
+        Line {
+            markers: vec![END],
+            mpos: 0,
+            runs: (0..n_pols).map(|_| run()).collect(),
+            frame: 0,
+            y: 0,
+            z: 0,
+            rebase_to: None,
+        }
+    }
+}
+
 /// Where one polarity's draws go.
 pub(super) struct Counts<'a> {
-    /// Counts before this tick fall in the dead time of the last recorded one.
     pub(super) next_free: &'a mut u64,
     pub(super) events: &'a mut Vec<Entry>,
     pub(super) lost: &'a mut Vec<u64>,

@@ -13,6 +13,7 @@ use crate::raster::{RasterConfig, Switching};
 
 mod emitter;
 mod events;
+mod generate;
 mod line;
 #[cfg(test)]
 mod tests;

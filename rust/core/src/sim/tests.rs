@@ -327,24 +327,50 @@ fn payload(frames: &[Vec<u8>]) -> (Vec<u32>, Vec<crate::link::frame::FrameHeader
 fn stream_does_not_depend_on_how_time_is_sliced() {
     let cfg = config(MULTIHARP_T3, Switching::PerFrame, Switching::PerPixel);
     let end = line_start(&cfg, 3, 1) + 17;
-    let emit = |ticks: &[u64]| {
+    let emit = |cfg: &EmitterConfig, ticks: &[u64]| {
         let mut em = Emitter::new(cfg.clone()).unwrap();
-        em.set_rates(&rates(&cfg)).unwrap();
+        em.set_rates(&rates(cfg)).unwrap();
         let frames: Vec<Vec<u8>> = ticks
             .iter()
             .flat_map(|&t| em.emit_until(t).unwrap())
             .collect();
-        (payload(&frames), em.truth_counters())
+        let cubes: Vec<Vec<u32>> = (0..cfg.n_species())
+            .map(|s| {
+                let plane = (cfg.raster.ny * cfg.raster.nx) as usize;
+                let mut c = vec![0; em.n_slices() * plane];
+                em.truth_cube(s, 0, em.n_slices(), &mut c).unwrap();
+                c
+            })
+            .collect();
+        let log = em.take_events().map(|l| (l.tick, l.fate)).ok();
+        (payload(&frames), em.truth_counters(), cubes, log)
     };
-    let ((whole, h1), t1) = emit(&[end]);
+    // One call spans many lines: generated on a second thread while written. Steps of
+    // 61 ticks stay within a line or two: generated inline.
+    assert!(end / cfg.line_period_ticks() > 3 * 5);
+    let ((whole, h1), t1, c1, log1) = emit(&cfg, &[end]);
     let steps: Vec<u64> = (0..=end).step_by(61).chain([end]).collect();
-    let ((sliced, h2), t2) = emit(&steps);
+    let ((sliced, h2), t2, c2, log2) = emit(&cfg, &steps);
     assert_eq!(whole, sliced);
-    assert_eq!(t1.binned, t2.binned);
-    assert_eq!(t1.dead_time_lost, t2.dead_time_lost);
+    let same = |t: TruthCounters| TruthCounters {
+        link_frames: 0,
+        ..t
+    };
+    assert_eq!(same(t1), same(t2));
+    assert_eq!((c1, log1.clone()), (c2, log2));
+    assert!(log1.is_some_and(|(tick, _)| tick.len() as u64 > t1.events));
     assert!(h2.len() > h1.len());
     for (i, h) in h2.iter().enumerate() {
         assert_eq!(h.sequence, i as u64);
+    }
+    // Without the event log the dead-time losses are kept apart, counted the same.
+    let quiet = EmitterConfig {
+        record_events: false,
+        ..cfg.clone()
+    };
+    for ticks in [&[end][..], &steps] {
+        let ((records, _), t, _, log) = emit(&quiet, ticks);
+        assert_eq!((records, same(t), log), (whole.clone(), same(t1), None));
     }
 }
 
