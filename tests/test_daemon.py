@@ -3,6 +3,7 @@ subscriber on every topic and the control socket, an accelerated protocol."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import signal
 import subprocess
@@ -122,6 +123,16 @@ def test_a_protocol_through_the_daemon(tmp_path: Path) -> None:
     # And the counters the daemon published balance.
     events = [m.fields for m in messages if m.topic == "events"][-1]["totals"]
     assert events["events"] == events["binned"] + events["rejected_total"] + events["pending"]
+    # Counts per species are read just after the counters: between this batch's and the
+    # next one's binned total. Each detector's are its species'.
+    batches = [m.fields for m in messages if m.topic == "events"]
+    for now, after in itertools.pairwise(batches):
+        by_species = now["binned_by_species"]
+        assert now["totals"]["binned"] <= sum(by_species.values()) <= after["totals"]["binned"]
+        assert now["detectors"]["positive"]["binned"] == sum(
+            by_species[s] for s in ("Na+", "Si+", "Zr+", "ZrO+")
+        )
+    assert all(d["binned"] > 0 for d in batches[-1]["detectors"].values())
     commands = [c["kind"] for c in truth["potentiostat"]["commands"] if c["kind"] != "HEARTBEAT"]
     assert commands[-1] == "OPEN_CIRCUIT"
     assert "open circuit confirmed" in log

@@ -115,6 +115,8 @@ class EventCore:
         self, species: str | int, z_start: int = 0, z_stop: int | None = None
     ) -> npt.NDArray[np.uint64]:
         """Sum of one species over slices ``z_start..z_stop``, ``[y, x]``."""
+    def binned_by_species(self) -> dict[str, int]:
+        """Counts binned per species since the cubes were made (no pass over them)."""
     def take_dirty(self) -> int | None:
         """The lowest slice changed since the last call, or None."""
     def clock_state(self) -> dict[str, Any]:
@@ -552,5 +554,7 @@ class Acquisition:
         self, species: str | int, z_start: int = 0, z_stop: int | None = None
     ) -> npt.NDArray[np.uint64]:
         """Sum of one species over slices ``z_start..z_stop``, ``[y, x]``."""
+    def binned_by_species(self) -> dict[str, int]:
+        """Counts binned per species since the cubes were made (no pass over them)."""
     def take_dirty(self) -> int | None:
         """The lowest slice changed since the last call, or None."""

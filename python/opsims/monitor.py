@@ -32,6 +32,8 @@ class LiveState:
     run_over: bool = False
     rates: dict[str, float] = field(default_factory=dict)
     totals: dict[str, int] = field(default_factory=dict)
+    detectors: dict[str, dict[str, float]] = field(default_factory=dict)
+    binned_by_species: dict[str, int] = field(default_factory=dict)
     links: dict[str, str] = field(default_factory=dict)
     profile: npt.NDArray[np.uint64] | None = None
     species: list[str] = field(default_factory=list)
@@ -47,6 +49,8 @@ class LiveState:
                 self.samples += len(s)
         elif msg.topic == "events":
             self.rates, self.totals = f["rates"], f["totals"]
+            self.detectors = f.get("detectors", {})
+            self.binned_by_species = f.get("binned_by_species", {})
         elif msg.topic == "run":
             self.run = f
             self.transitions.append(f)
@@ -64,15 +68,24 @@ class LiveState:
 def line(state: LiveState, gaps: int) -> str:
     run = state.run
     step = f"{run.get('label') or run.get('kind', '')} ({run.get('state', '')})" if run else "-"
-    counts = ""
-    if state.profile is not None and state.profile.size:
-        totals = state.profile.sum(axis=0)
-        pairs = list(zip(state.species, totals, strict=False))[:4]
-        counts = " ".join(f"{n} {int(c) / 1e3:.0f}k" for n, c in pairs)
+    # The most counted species first: the matrix and the island's ions.
+    top = sorted(state.binned_by_species.items(), key=lambda kv: -kv[1])[:4]
+    counts = " ".join(f"{n} {_si(c)}" for n, c in top)
+    per_detector = " ".join(
+        f"{name[:3]} {d['binned_rate_hz'] / 1e6:5.2f}" for name, d in state.detectors.items()
+    )
     links = " ".join(f"{k}:{v}" for k, v in sorted(state.links.items()))
+    drops = state.totals.get("link_frames_lost", 0) + state.totals.get("events_dropped", 0)
     return (f"Ewe {state.ewe_v * 1e3:9.1f} mV  I {state.current_a * 1e9:6.1f} nA | "
-            f"{step:<28.28} | {state.rates.get('events', 0.0) / 1e6:6.2f} Mev/s  {counts} | "
-            f"{links}  gaps {gaps}")  # fmt: skip
+            f"{step:<28.28} | {state.rates.get('events', 0.0) / 1e6:6.2f} Mev/s "
+            f"({per_detector} binned)  {counts} | {links}  drops {drops} gaps {gaps}")  # fmt: skip
+
+
+def _si(n: float) -> str:
+    for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(n) >= scale:
+            return f"{n / scale:.1f}{unit}"
+    return f"{n:.0f}"
 
 
 def ascii_map(m: npt.NDArray[np.float64], width: int = 48) -> list[str]:

@@ -56,6 +56,7 @@ class Daemon:
         self.sim_control: tuple[str, int] | None = None
         self.links: dict[str, dict[str, Any]] = {}
         self.last_counters: dict[str, int] = {}
+        self.last_by_species: dict[str, int] = {}
         self.last_events_ns = time.time_ns()
         # For the status rates and lags: the counters at the previous status, and the
         # host time of the newest potentiostat sample published.
@@ -301,9 +302,15 @@ class Daemon:
 
     def _publish_events(self) -> None:
         totals = self.acq.counters()
+        by_species = self.acq.binned_by_species() if "events" in totals else {}
         now = time.time_ns()
         deltas = {k: v - self.last_counters.get(k, 0) for k, v in totals.items()}
         dt = max(1e-9, (now - self.last_events_ns) * 1e-9)
+        detectors = {}
+        for p in self.config.detector.polarities:
+            binned = sum(by_species.get(s, 0) for s in p.species)
+            before = sum(self.last_by_species.get(s, 0) for s in p.species)
+            detectors[p.name] = {"binned": binned, "binned_rate_hz": (binned - before) / dt}
         self.pub.publish(
             "events",
             {
@@ -312,9 +319,12 @@ class Daemon:
                 "totals": totals,
                 "deltas": deltas,
                 "rates": {"events": deltas.get("events", 0) / dt},
+                "binned_by_species": by_species,
+                "detectors": detectors,
             },
         )
         self.last_counters, self.last_events_ns = totals, now
+        self.last_by_species = by_species
 
     def _cubes(self) -> tuple[dict[str, Any], dict[str, Any]]:
         cubes, fps, n, rebins = self.acq.cubes()  # one lock: same slices for all species

@@ -724,6 +724,12 @@ impl PyAcquisition {
         map.into_pyarray(py).reshape(shape)
     }
 
+    /// ``{species: counts binned}`` since the cubes were made (no pass over them).
+    fn binned_by_species<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let totals = self.engine(py, |e| e.cubes().binned_by_species().to_vec())?;
+        cube_reads::species_dict(py, &self.species, &totals)
+    }
+
     /// The lowest slice changed since the last call, or None.
     fn take_dirty(&self, py: Python<'_>) -> PyResult<Option<usize>> {
         self.engine(py, |e| e.cubes_mut().take_dirty())

@@ -3,6 +3,8 @@
 
 use opsims_core::cube::CubeSet;
 use opsims_core::CoreError;
+use pyo3::prelude::*;
+use pyo3::types::PyDict;
 
 /// Slices `z0..z1` (default: all) of one species, `u32 [z, y, x]`.
 pub(crate) fn cube(
@@ -34,4 +36,17 @@ pub(crate) fn ion_map(
 /// Counts per slice and species, `u64 [z, species]`.
 pub(crate) fn depth_profile(c: &CubeSet) -> (Vec<u64>, [usize; 2]) {
     (c.depth_profile(), [c.n_slices(), c.n_species()])
+}
+
+/// ``{species: value}`` in the engine's species order.
+pub(crate) fn species_dict<'py>(
+    py: Python<'py>,
+    species: &[String],
+    values: &[u64],
+) -> PyResult<Bound<'py, PyDict>> {
+    let d = PyDict::new(py);
+    for (name, v) in species.iter().zip(values) {
+        d.set_item(name, v)?;
+    }
+    Ok(d)
 }

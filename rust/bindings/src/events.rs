@@ -212,6 +212,12 @@ impl EventCore {
         map.into_pyarray(py).reshape(shape)
     }
 
+    /// ``{species: counts binned}`` since the cubes were made (no pass over them).
+    fn binned_by_species<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let totals = self.engine.cubes().binned_by_species();
+        crate::cube_reads::species_dict(py, &self.engine.species(), totals)
+    }
+
     /// The lowest slice changed since the last call, or None.
     fn take_dirty(&mut self) -> Option<usize> {
         self.engine.cubes_mut().take_dirty()

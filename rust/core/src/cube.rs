@@ -36,6 +36,9 @@ pub struct CubeSet {
     n_slices: usize,
     /// Lowest slice written since the last `take_dirty` (usize::MAX when clean).
     dirty_from: usize,
+    /// Counts added per species, kept apart so a rate per species or detector needs no
+    /// pass over the cubes (and counts past a voxel's u32 are not lost to it).
+    binned: Vec<u64>,
 }
 
 const TARGET_CHUNK_BYTES: usize = 1 << 20;
@@ -74,6 +77,7 @@ impl CubeSet {
             blocks: Vec::new(),
             n_slices: 0,
             dirty_from: usize::MAX,
+            binned: vec![0; n_species],
         })
     }
 
@@ -190,6 +194,16 @@ impl CubeSet {
             .chunks_exact_mut(chunk_len)
             .map(|species| &mut species[start..start + nx])
             .collect()
+    }
+
+    /// Counts added per species since the cubes were made (whoever adds to a row says how
+    /// many with `count_binned`).
+    pub fn binned_by_species(&self) -> &[u64] {
+        &self.binned
+    }
+
+    pub fn count_binned(&mut self, species: usize, n: u64) {
+        self.binned[species] += n;
     }
 
     /// Row `y` of slice `z` of one species: `line_rows` without building the list, for

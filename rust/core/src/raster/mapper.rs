@@ -408,6 +408,7 @@ impl Raster {
                 .iter_mut()
                 .zip(add)
                 .for_each(|(r, &a)| *r = r.wrapping_add(a));
+            cubes.count_binned(s, add.iter().map(|&a| u64::from(a)).sum());
         }
         c.binned += self.line_binned;
     }
@@ -437,6 +438,7 @@ impl Raster {
         let mut rows = z.map(|z| cubes.line_rows(z, line.y as usize));
         let mut tally = [0u64; Reject::COUNT];
         let mut binned = 0;
+        let mut by_row = vec![0u64; self.n_species()];
         let (mut x, mut next_edge) = (0u64, edge(1));
         for &h in &self.held {
             let (dt, pol) = (h >> 8, (h & 0xFF) as usize);
@@ -459,12 +461,17 @@ impl Raster {
                     let cell = &mut rows[t.row][x as usize];
                     *cell = cell.wrapping_add(1);
                     binned += 1;
+                    by_row[t.row] += 1;
                     continue;
                 } else {
                     Reject::Budget
                 }
             };
             tally[reason as usize] += 1;
+        }
+        drop(rows);
+        for (s, n) in by_row.into_iter().enumerate().filter(|&(_, n)| n > 0) {
+            cubes.count_binned(s, n);
         }
         c.binned += binned;
         for (total, n) in c.rejected.iter_mut().zip(tally) {

@@ -75,6 +75,19 @@ impl Run {
     fn rejected(&self, r: Reject) -> u64 {
         self.c.rejected[r as usize]
     }
+    /// Every voxel of each species, summed.
+    fn cube_totals(&self) -> Vec<u64> {
+        let n = self.cubes.n_slices() * 8;
+        (0..self.raster.n_species())
+            .map(|s| {
+                let mut out = vec![0u32; n];
+                self.cubes
+                    .copy_range(s, 0, self.cubes.n_slices(), &mut out)
+                    .unwrap();
+                out.iter().map(|&v| u64::from(v)).sum()
+            })
+            .collect()
+    }
     fn balanced(&self) -> bool {
         self.c.events == self.c.binned + self.c.rejected_total() + self.raster.pending()
     }
@@ -119,6 +132,29 @@ fn maps_a_hand_computed_frame() {
     assert_eq!(r.c.binned, 6);
     assert_eq!(r.c.lines_good, 3);
     assert_eq!(r.c.frames_bad_line_count, 0);
+    assert!(r.balanced());
+    assert_eq!(r.cubes.binned_by_species(), r.cube_totals());
+    assert_eq!(r.cubes.binned_by_species()[..4], [3, 1, 0, 2]);
+}
+
+#[test]
+fn measured_dwell_counts_binned_per_species_too() {
+    let mut cfg = config(Switching::PerFrame, 0, true);
+    cfg.dwell_ticks = 0;
+    let mut r = Run::new(cfg, 1 << 20, BudgetPolicy::Refuse);
+    r.m(100, FRAME | START);
+    for t in [105, 110, 120, 130, 140] {
+        r.e(t, 0);
+    }
+    r.e(125, 1);
+    r.m(150, STOP);
+    r.m(160, START);
+    r.e(170, 1);
+    r.m(210, STOP); // as long as the first: a good line
+    let by_species = r.cubes.binned_by_species();
+    assert_eq!(by_species, r.cube_totals());
+    assert_eq!(by_species.iter().sum::<u64>(), r.c.binned);
+    assert!(by_species[0] == 5 && by_species[3] >= 1, "{by_species:?}");
     assert!(r.balanced());
 }
 

@@ -192,6 +192,8 @@ fn run_against_core(
             .copy_range(s, 0, have, &mut got[..have * ny * nx])
             .unwrap();
         assert_eq!(got, want, "species {s} of {cfg:?}");
+        let total: u64 = want.iter().map(|&v| u64::from(v)).sum();
+        assert_eq!(engine.cubes().binned_by_species()[s], total);
     }
     assert!(truth.binned > 1000 && truth.dead_time_lost > 0, "{truth:?}");
     if cfg.raster.line_settle_ticks > 0 && cfg.raster.flyback_ticks > 0 {
