@@ -36,6 +36,19 @@ create_exception!(
     "The cube memory budget would be exceeded."
 );
 
+create_exception!(
+    opsims._native,
+    JournalError,
+    OpsimsError,
+    "A run journal that cannot be opened, written or read as asked."
+);
+create_exception!(
+    opsims._native,
+    JournalFullError,
+    JournalError,
+    "The journal's queue is at its memory bound: the append was refused (and counted)."
+);
+
 pub fn to_py(err: CoreError) -> PyErr {
     let msg = err.to_string();
     match err {
@@ -43,6 +56,8 @@ pub fn to_py(err: CoreError) -> PyErr {
         CoreError::UnknownRecordType(_) | CoreError::Frame(_) => RecordFormatError::new_err(msg),
         CoreError::Ptu(_) => PtuError::new_err(msg),
         CoreError::Budget(_) => BudgetError::new_err(msg),
+        CoreError::Journal(_) => JournalError::new_err(msg),
+        CoreError::JournalFull(_) => JournalFullError::new_err(msg),
         CoreError::Io(e) => PyOSError::new_err(e.to_string()),
     }
 }
@@ -54,5 +69,7 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("RecordFormatError", py.get_type::<RecordFormatError>())?;
     m.add("PtuError", py.get_type::<PtuError>())?;
     m.add("BudgetError", py.get_type::<BudgetError>())?;
+    m.add("JournalError", py.get_type::<JournalError>())?;
+    m.add("JournalFullError", py.get_type::<JournalFullError>())?;
     Ok(())
 }

@@ -20,6 +20,13 @@ pub enum CoreError {
     /// The cube memory budget would be exceeded and the policy is to refuse.
     #[error("memory budget exceeded: {0}")]
     Budget(String),
+    /// A run journal that cannot be opened, written or read as asked.
+    #[error("journal: {0}")]
+    Journal(String),
+    /// The journal's queue is at its memory bound (the disk is failing or too slow): the
+    /// append was refused and counted; the caller decides what to do.
+    #[error("journal queue full: {0}")]
+    JournalFull(String),
     #[error("I/O error: {0}")]
     Io(#[from] std::io::Error),
 }

@@ -9,7 +9,8 @@
 //! (`link::potentiostat`) into unwrapped, host-stamped samples that pass the interlock's
 //! check before they are queued; `interlock` is that check (issue 5). `sim` is the other
 //! end of the detector link: a simulated detector front-end that writes the stream the
-//! core reads, with its truth.
+//! core reads, with its truth. `journal` records a run losslessly: raw link frames and
+//! every other record in checksummed segment files, written by its own thread.
 
 pub mod acquisition;
 pub mod clock;
@@ -18,6 +19,7 @@ pub mod cube;
 pub mod engine;
 pub mod error;
 pub mod interlock;
+pub mod journal;
 pub mod link;
 pub mod raster;
 pub mod sim;

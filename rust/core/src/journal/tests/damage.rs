@@ -1,0 +1,214 @@
+use std::fs::{self, OpenOptions};
+use std::io::Write;
+
+use super::*;
+
+/// A closed journal of `n` incompressible note blocks of `len` bytes.
+fn journal(dir: &TempDir, n: u64, len: usize) {
+    let w = JournalWriter::open(config(dir)).unwrap();
+    for i in 0..n {
+        w.append(BlockKind::Note, i as i64, &noise(len, i)).unwrap();
+    }
+    w.close().unwrap();
+}
+
+fn flip(path: &Path, at: u64) {
+    let mut bytes = fs::read(path).unwrap();
+    bytes[at as usize] ^= 0x40;
+    fs::write(path, bytes).unwrap();
+}
+
+#[test]
+fn crc_corruption_in_the_middle_is_reported_and_skipped() {
+    let dir = TempDir::new("crc");
+    journal(&dir, 10, 300);
+    let (blocks, _) = read_all(dir.path());
+    let victim = &blocks[4];
+    flip(
+        &dir.segment(0),
+        victim.offset + BLOCK_HEADER_LEN as u64 + 100,
+    );
+
+    let (after, report) = read_all(dir.path());
+    assert_eq!(after.len(), blocks.len() - 1);
+    assert!(after.iter().all(|b| b.seq != 4));
+    assert_eq!(after[4], blocks[5]);
+    assert_eq!(report.corrupt.len(), 1);
+    let span = &report.corrupt[0];
+    assert_eq!(
+        (span.segment, span.offset, span.len),
+        (0, victim.offset, blocks[5].offset - victim.offset)
+    );
+    assert!(span.reason.contains("CRC"), "{}", span.reason);
+    assert_eq!(
+        report.gaps,
+        vec![SeqGap {
+            expected: 4,
+            found: 5
+        }]
+    );
+    assert!(report.closed && report.torn_tail.is_none());
+}
+
+#[test]
+fn damaged_header_resyncs_on_the_next_block() {
+    let dir = TempDir::new("resync");
+    journal(&dir, 10, 300);
+    let (blocks, _) = read_all(dir.path());
+    // The length field: the header checksum catches it, the reader looks for a magic.
+    flip(&dir.segment(0), blocks[6].offset + 29);
+    let (after, report) = read_all(dir.path());
+    assert_eq!(after.len(), blocks.len() - 1);
+    assert_eq!(report.corrupt.len(), 1);
+    let span = &report.corrupt[0];
+    assert_eq!(span.offset, blocks[6].offset);
+    assert_eq!(span.len, blocks[7].offset - blocks[6].offset);
+    assert!(span.reason.contains("header CRC"), "{}", span.reason);
+    assert_eq!(
+        report.gaps,
+        vec![SeqGap {
+            expected: 6,
+            found: 7
+        }]
+    );
+}
+
+/// A journal left open (dropped without close) with half a block after its end.
+fn torn(dir: &TempDir) -> (Vec<Block>, u64, u64) {
+    let w = JournalWriter::open(config(dir)).unwrap();
+    for i in 0..5 {
+        w.append(BlockKind::Potentiostat, 100 + i, &noise(200, i as u64))
+            .unwrap();
+    }
+    drop(w);
+    let path = dir.segment(0);
+    let good_len = fs::metadata(&path).unwrap().len();
+    let mut enc = BlockEncoder::new(1, Transform::None).unwrap();
+    let block = enc.opaque(BlockKind::Potentiostat, 5, 105, &noise(200, 5));
+    let half = block.len() as u64 / 2;
+    let mut f = OpenOptions::new().append(true).open(&path).unwrap();
+    f.write_all(&block[..half as usize]).unwrap();
+    let (blocks, _) = read_all(dir.path());
+    (blocks, good_len, half)
+}
+
+#[test]
+fn torn_tail_is_cut_by_recover_once() {
+    let dir = TempDir::new("torn");
+    let (blocks, good_len, half) = torn(&dir);
+    assert_eq!(blocks.len(), 5);
+    let (_, report) = read_all(dir.path());
+    assert!(!report.closed && !report.recovered);
+    let tail = report.torn_tail.clone().unwrap();
+    assert_eq!((tail.segment, tail.offset, tail.len), (0, good_len, half));
+    assert!(report.corrupt.is_empty());
+
+    let r = recover(dir.path()).unwrap();
+    assert_eq!(
+        (r.blocks, r.last_seq, r.last_host_ns),
+        (5, Some(4), Some(104))
+    );
+    assert_eq!(r.bytes_cut, half);
+    assert!(r.marker_written && !r.was_closed);
+    assert_eq!((r.next_seq, r.next_segment), (6, 1));
+
+    let (after, report) = read_all(dir.path());
+    assert_eq!(&after[..5], &blocks[..]);
+    assert_eq!((after[5].kind, after[5].seq), (BlockKind::Recovered, 5));
+    assert_eq!(after[5].offset, good_len);
+    assert!(report.recovered && report.torn_tail.is_none() && report.gaps.is_empty());
+
+    let bytes = fs::read(dir.segment(0)).unwrap();
+    let again = recover(dir.path()).unwrap();
+    assert_eq!(
+        (again.blocks, again.last_seq, again.bytes_cut),
+        (5, Some(4), 0)
+    );
+    assert!(!again.marker_written);
+    assert_eq!(fs::read(dir.segment(0)).unwrap(), bytes);
+}
+
+#[test]
+fn zeroed_tail_is_torn_not_corrupt() {
+    // A crash can leave the file longer than what reached the disk, filled with zeros.
+    let dir = TempDir::new("zeros");
+    journal(&dir, 3, 100);
+    let path = dir.segment(0);
+    let len = fs::metadata(&path).unwrap().len();
+    OpenOptions::new()
+        .append(true)
+        .open(&path)
+        .unwrap()
+        .write_all(&[0; 5000])
+        .unwrap();
+    let (_, report) = read_all(dir.path());
+    assert!(report.corrupt.is_empty());
+    assert_eq!(
+        report.torn_tail.map(|t| (t.offset, t.len)),
+        Some((len, 5000))
+    );
+    let r = recover(dir.path()).unwrap();
+    // It had closed: the zeros are cut and no marker is needed.
+    assert!(r.was_closed && !r.marker_written);
+    assert_eq!(fs::metadata(&path).unwrap().len(), len);
+}
+
+#[test]
+fn headerless_last_segment_is_removed_and_marked() {
+    let dir = TempDir::new("headerless");
+    let cfg = JournalConfig {
+        segment_bytes: 2000,
+        ..config(&dir)
+    };
+    let w = JournalWriter::open(cfg).unwrap();
+    for i in 0..4 {
+        w.append(BlockKind::Note, i, &noise(900, i as u64)).unwrap();
+    }
+    drop(w);
+    let last = *JournalReader::open(dir.path())
+        .unwrap()
+        .segment_indices()
+        .last()
+        .unwrap();
+    fs::write(dir.segment(last + 1), b"OPSJ").unwrap();
+    let r = recover(dir.path()).unwrap();
+    assert_eq!((r.bytes_cut, r.blocks), (4, 4));
+    let (blocks, report) = read_all(dir.path());
+    assert_eq!(
+        blocks.last().map(|b| (b.kind, b.segment)),
+        Some((BlockKind::Recovered, last + 1))
+    );
+    assert!(report.recovered && report.gaps.is_empty() && report.corrupt.is_empty());
+}
+
+#[test]
+fn open_refuses_a_used_directory_unless_appending() {
+    let dir = TempDir::new("append");
+    let (_, _, _) = torn(&dir);
+    assert!(matches!(
+        JournalWriter::open(config(&dir)),
+        Err(CoreError::Journal(m)) if m.contains("not empty")
+    ));
+    let cfg = JournalConfig {
+        append: true,
+        ..config(&dir)
+    };
+    let w = JournalWriter::open(cfg.clone()).unwrap();
+    w.append(BlockKind::Step, 7, b"step 2").unwrap();
+    w.close().unwrap();
+    let w = JournalWriter::open(cfg).unwrap();
+    w.append(BlockKind::Step, 8, b"step 3").unwrap();
+    w.close().unwrap();
+
+    let (blocks, report) = read_all(dir.path());
+    let kinds: Vec<BlockKind> = blocks[5..].iter().map(|b| b.kind).collect();
+    use BlockKind::*;
+    assert_eq!(kinds, [Recovered, Step, Closed, Step, Closed]);
+    assert!(
+        report.gaps.is_empty() && report.corrupt.is_empty() && report.closed,
+        "{report:?}"
+    );
+    assert_eq!(report.segments, 3);
+    assert_eq!(report.recoveries, 1);
+    assert_eq!(report.run_id.as_deref().map(str::len), Some(25));
+}
