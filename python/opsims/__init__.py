@@ -9,6 +9,10 @@ from opsims._native import (
     DetectorEmitter,
     EventCore,
     InterlockError,
+    JournalError,
+    JournalFullError,
+    JournalReader,
+    JournalWriter,
     OpsimsError,
     PtuError,
     PtuFile,
@@ -17,6 +21,7 @@ from opsims._native import (
     decode_records,
     encode_link_frame,
     read_ptu,
+    recover_journal,
 )
 from opsims.detector import DetectorConfig, MarkerBits, Polarity
 
@@ -30,6 +35,10 @@ __all__ = [
     "DetectorEmitter",
     "EventCore",
     "InterlockError",
+    "JournalError",
+    "JournalFullError",
+    "JournalReader",
+    "JournalWriter",
     "MarkerBits",
     "OpsimsError",
     "Polarity",
@@ -40,4 +49,5 @@ __all__ = [
     "decode_records",
     "encode_link_frame",
     "read_ptu",
+    "recover_journal",
 ]

@@ -4,7 +4,7 @@ Every call that processes data releases the GIL. Errors of the core arrive as th
 exception classes below; a malformed record never raises: it is counted.
 """
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from os import PathLike
 from typing import Any, Self, final
 
@@ -20,6 +20,12 @@ __all__ = [
     "DetectorEmitter",
     "EventCore",
     "InterlockError",
+    "JournalBlocks",
+    "JournalError",
+    "JournalFrames",
+    "JournalFullError",
+    "JournalReader",
+    "JournalWriter",
     "OpsimsError",
     "PtuError",
     "PtuFile",
@@ -28,6 +34,7 @@ __all__ = [
     "decode_records",
     "encode_link_frame",
     "read_ptu",
+    "recover_journal",
 ]
 
 __version__: str
@@ -46,6 +53,12 @@ class PtuError(OpsimsError):
 
 class BudgetError(OpsimsError):
     """The cube memory budget would be exceeded."""
+
+class JournalError(OpsimsError):
+    """A run journal that cannot be opened, written or read as asked."""
+
+class JournalFullError(JournalError):
+    """The journal's queue is at its memory bound: the append was refused (and counted)."""
 
 # --- detector pipeline (docs/raster.md, docs/detector-link.md) ---
 
@@ -558,3 +571,99 @@ class Acquisition:
         """Counts binned per species since the cubes were made (no pass over them)."""
     def take_dirty(self) -> int | None:
         """The lowest slice changed since the last call, or None."""
+
+# --- run journal (docs/journal.md) ---
+
+@final
+class JournalWriter:
+    """Writes one run journal: a directory of checksummed segment files.
+
+    ``append`` and ``append_frame`` only copy into a bounded queue and return; a native
+    thread batches detector frames into blocks of up to ``block_bytes``, compresses them
+    (``level``, ``transform``: ``"delta_shuffle"``, ``"shuffle"`` or ``"none"``), writes
+    and syncs every ``flush_interval_s`` (or ``flush_bytes``), rolling to a new segment
+    at ``segment_bytes``. On a disk error the blocks stay queued and the write is retried
+    every ``retry_interval_s``; once ``queue_bytes`` of accepted data are not yet durable,
+    appends raise :class:`JournalFullError` (and are counted). A directory that exists
+    and is not empty raises :class:`JournalError` unless ``append`` continues it (after
+    recovering it if it was left open). A context manager: leaving it closes.
+    """
+
+    def __new__(
+        cls,
+        path: str | PathLike[str],
+        *,
+        run_id: str | None = None,
+        append: bool = False,
+        segment_bytes: int = 268_435_456,
+        flush_interval_s: float = 0.1,
+        flush_bytes: int = 67_108_864,
+        block_bytes: int = 4_194_304,
+        queue_bytes: int = 536_870_912,
+        level: int = 1,
+        transform: str = "delta_shuffle",
+        retry_interval_s: float = 1.0,
+        close_timeout_s: float = 10.0,
+    ) -> Self: ...
+    def append(self, kind: str, host_ns: int, payload: bytes) -> None:
+        """Queue opaque bytes of ``kind``: ``"potentiostat"``, ``"clock"``, ``"safety"``,
+        ``"control"``, ``"step"``, ``"note"`` (``"detector_frames"`` is ``append_frame``).
+        Raises :class:`JournalFullError` when the queue is full, :class:`JournalError`
+        for an unknown kind or after close."""
+    def append_frame(self, host_ns: int, frame: bytes) -> None:
+        """Queue one raw detector link frame (any chunk of the link's bytes); it reads
+        back byte-identical with ``host_ns``. Raises as :meth:`append`."""
+    def status(self) -> dict[str, Any]:
+        """Counters: ``blocks_appended``, ``frames_appended``, ``bytes_appended``,
+        ``refused_appends``, ``refused_bytes``, ``blocks_durable``, ``frames_durable``,
+        ``raw_bytes_durable``, ``stored_bytes_durable``, ``compression_ratio``,
+        ``durable_seq``, ``durable_bytes``, ``durable_host_ns`` (None before the first
+        sync), ``queued_bytes``, ``queued_high_water``, ``disk_error`` (the error being
+        retried, or None), ``disk_errors``, ``writer_error`` (why the writer stopped,
+        or None), ``segments``, ``closed``."""
+    def close(self) -> dict[str, Any]:
+        """Drain, write the closed block, sync; the final :meth:`status`. Raises
+        :class:`JournalError` if the disk kept failing for ``close_timeout_s``
+        (:meth:`status` then shows what was not written). GIL released."""
+    def __enter__(self) -> Self: ...
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> bool: ...
+
+@final
+class JournalReader:
+    """Reads a journal directory, verifying every block's CRC-32. Corruption is not an
+    error: it is skipped and reported by :meth:`report`. GIL released while reading."""
+
+    def __new__(cls, path: str | PathLike[str]) -> Self: ...
+    def blocks(self) -> JournalBlocks:
+        """Every verified block in order as ``(kind, seq, host_ns, payload)``; a
+        ``"detector_frames"`` payload is the raw batch (layout in docs/journal.md)."""
+    def frames(self) -> JournalFrames:
+        """Every detector frame in order as ``(seq, host_ns, frame)``."""
+    def report(self) -> dict[str, Any]:
+        """Read everything: ``run_id``, ``segments``, ``missing_segments``, ``blocks``,
+        ``frames``, ``raw_bytes``, ``stored_bytes``, ``first_seq``, ``last_seq``,
+        ``last_host_ns``, ``closed``, ``recovered``, ``recoveries``,
+        ``refused_appends``, ``corrupt`` (dicts of ``segment``, ``offset``, ``len``,
+        ``reason``), ``torn_tail`` (such a dict, or None), ``gaps`` (``(expected,
+        found)`` sequence numbers)."""
+
+@final
+class JournalBlocks(Iterator[tuple[str, int, int, bytes]]):
+    """The iterator of :meth:`JournalReader.blocks`."""
+
+    def __next__(self) -> tuple[str, int, int, bytes]: ...
+    def report(self) -> dict[str, Any]:
+        """As :meth:`JournalReader.report`, for what was read so far."""
+
+@final
+class JournalFrames(Iterator[tuple[int, int, bytes]]):
+    """The iterator of :meth:`JournalReader.frames`."""
+
+    def __next__(self) -> tuple[int, int, bytes]: ...
+
+def recover_journal(path: str | PathLike[str]) -> dict[str, Any]:
+    """End a journal left open (a crash): cut its torn tail at the last verified block,
+    append a recovered block. Idempotent. Returns ``run_id``, ``blocks`` and ``frames``
+    kept, ``last_seq``, ``last_host_ns``, ``bytes_cut``, ``cut`` (the span, or None),
+    ``corrupt`` (spans left in place), ``was_closed``, ``marker_written``,
+    ``next_seq``."""

@@ -9,6 +9,7 @@ mod cube_reads;
 mod errors;
 mod events;
 mod interlock;
+mod journal;
 mod ptu;
 mod raster_args;
 mod sim;
@@ -22,5 +23,6 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     events::register(m)?;
     sim::register(m)?;
     acquisition::register(m)?;
+    journal::register(m)?;
     Ok(())
 }
