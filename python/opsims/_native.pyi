@@ -580,7 +580,8 @@ class JournalWriter:
 
     ``append`` and ``append_frame`` only copy into a bounded queue and return; a native
     thread batches detector frames into blocks of up to ``block_bytes``, compresses them
-    (``level``, ``transform``: ``"delta_shuffle"``, ``"shuffle"`` or ``"none"``), writes
+    (``level``; ``transform``: ``"auto"`` tries each on a sample now and then, or one of
+    ``"delta_shuffle"``, ``"shuffle"``, ``"none"``), writes
     and syncs every ``flush_interval_s`` (or ``flush_bytes``), rolling to a new segment
     at ``segment_bytes``. On a disk error the blocks stay queued and the write is retried
     every ``retry_interval_s``; once ``queue_bytes`` of accepted data are not yet durable,
@@ -601,7 +602,7 @@ class JournalWriter:
         block_bytes: int = 4_194_304,
         queue_bytes: int = 536_870_912,
         level: int = 1,
-        transform: str = "delta_shuffle",
+        transform: str = "auto",
         retry_interval_s: float = 1.0,
         close_timeout_s: float = 10.0,
     ) -> Self: ...

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use opsims_core::journal::{
     recover, Block, BlockKind, Blocks, CorruptSpan, JournalConfig, JournalReader as CoreReader,
-    JournalReport, JournalStatus, JournalWriter as CoreWriter, Recovery, Transform,
+    JournalReport, JournalStatus, JournalWriter as CoreWriter, Recovery, TransformPolicy,
 };
 use opsims_core::CoreError;
 use pyo3::prelude::*;
@@ -61,7 +61,7 @@ impl PyJournalWriter {
     #[pyo3(signature = (
         path, *, run_id = None, append = false, segment_bytes = 268435456,
         flush_interval_s = 0.1, flush_bytes = 67108864, block_bytes = 4194304,
-        queue_bytes = 536870912, level = 1, transform = "delta_shuffle",
+        queue_bytes = 536870912, level = 1, transform = "auto",
         retry_interval_s = 1.0, close_timeout_s = 10.0,
     ))]
     #[allow(clippy::too_many_arguments)]
@@ -80,9 +80,9 @@ impl PyJournalWriter {
         retry_interval_s: f64,
         close_timeout_s: f64,
     ) -> PyResult<Self> {
-        let transform = Transform::from_name(transform).ok_or_else(|| {
+        let transform = TransformPolicy::from_name(transform).ok_or_else(|| {
             ConfigError::new_err(format!(
-                "invalid configuration: journal.transform must be none, shuffle or \
+                "invalid configuration: journal.transform must be auto, none, shuffle or \
                  delta_shuffle, got {transform:?}"
             ))
         })?;

@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 
 use opsims_core::journal::{
     BlockEncoder, FrameBatch, JournalConfig, JournalReader, JournalWriter, Transform,
+    TransformPolicy,
 };
 use opsims_core::link::ptu;
 use opsims_core::raster::{FrameMarkerAt, MarkerMasks, Polarity, RasterConfig, Switching};
@@ -129,7 +130,7 @@ fn emitter_stream(t2: bool, rate_hz: f64, seconds: f64) -> (Vec<Vec<u8>>, u64) {
 }
 
 /// Stored size and encode time of `frames` in 4 MiB batches, as the writer thread does.
-fn encode_all(frames: &[Vec<u8>], level: i32, t: Transform) -> (usize, f64) {
+fn encode_all(frames: &[Vec<u8>], level: i32, t: TransformPolicy) -> (usize, f64) {
     let mut enc = BlockEncoder::new(level, t).expect("zstd");
     let mut batch = FrameBatch::with_capacity(4 << 20);
     let (mut stored, start) = (0, Instant::now());
@@ -147,11 +148,13 @@ fn encode_all(frames: &[Vec<u8>], level: i32, t: Transform) -> (usize, f64) {
 }
 
 fn codec_table(streams: &[(String, Vec<Vec<u8>>)]) {
+    use TransformPolicy::{Auto, Fixed};
     let codecs = [
-        ("zstd-1", 1, Transform::None),
-        ("zstd-1 shuffle", 1, Transform::Shuffle),
-        ("zstd-1 delta+shuffle", 1, Transform::DeltaShuffle),
-        ("zstd-3 delta+shuffle", 3, Transform::DeltaShuffle),
+        ("zstd-1", 1, Fixed(Transform::None)),
+        ("zstd-1 shuffle", 1, Fixed(Transform::Shuffle)),
+        ("zstd-1 delta+shuffle", 1, Fixed(Transform::DeltaShuffle)),
+        ("zstd-3 delta+shuffle", 3, Fixed(Transform::DeltaShuffle)),
+        ("zstd-1 auto", 1, Auto),
     ];
     println!("compression ratio (raw/stored) and encode MB/s on one core:");
     for (name, frames) in streams {

@@ -24,7 +24,7 @@ use std::time::Duration;
 
 use crate::error::{CoreError, Result};
 
-pub use codec::{forward, frames, inverse, BlockEncoder, FrameBatch, Frames};
+pub use codec::{forward, frames, inverse, BlockEncoder, FrameBatch, Frames, TransformPolicy};
 pub use format::{
     BlockHeader, Codec, Compressor, SegmentHeader, Transform, BLOCK_HEADER_LEN, FORMAT_VERSION,
     MAX_BLOCK_LEN, SEGMENT_HEADER_LEN,
@@ -126,7 +126,7 @@ pub struct JournalConfig {
     pub queue_bytes: u64,
     /// zstd level of detector batches and large opaque payloads.
     pub level: i32,
-    pub transform: Transform,
+    pub transform: TransformPolicy,
     /// After a disk error, the write is tried again this often.
     pub retry_interval: Duration,
     /// How long `close` keeps retrying a failing disk before it gives up.
@@ -145,7 +145,7 @@ impl JournalConfig {
             flush_bytes: 64 << 20,
             queue_bytes: 512 << 20,
             level: 1,
-            transform: Transform::DeltaShuffle,
+            transform: TransformPolicy::Auto,
             retry_interval: Duration::from_secs(1),
             close_timeout: Duration::from_secs(10),
         }

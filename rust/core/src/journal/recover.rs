@@ -6,7 +6,7 @@ use std::fs::{self, OpenOptions};
 use std::io::{Seek, SeekFrom, Write};
 use std::path::Path;
 
-use super::codec::BlockEncoder;
+use super::codec::{BlockEncoder, TransformPolicy};
 use super::format::{SegmentHeader, Transform, FORMAT_VERSION, SEGMENT_HEADER_LEN};
 use super::reader::{CorruptSpan, JournalReader};
 use super::sink::sync_dir;
@@ -111,7 +111,7 @@ fn write_marker(dir: &Path, segment: u32, run_id: &str, r: &Recovery) -> Result<
     payload.extend_from_slice(&r.last_seq.unwrap_or(u64::MAX).to_le_bytes());
     payload.extend_from_slice(&r.bytes_cut.to_le_bytes());
     payload.extend_from_slice(&now.to_le_bytes());
-    let mut enc = BlockEncoder::new(1, Transform::None)?;
+    let mut enc = BlockEncoder::new(1, TransformPolicy::Fixed(Transform::None))?;
     f.write_all(&enc.opaque(BlockKind::Recovered, r.next_seq, now, &payload))?;
     f.sync_all()?;
     sync_dir(dir)?;

@@ -83,7 +83,7 @@ fn torn(dir: &TempDir) -> (Vec<Block>, u64, u64) {
     drop(w);
     let path = dir.segment(0);
     let good_len = fs::metadata(&path).unwrap().len();
-    let mut enc = BlockEncoder::new(1, Transform::None).unwrap();
+    let mut enc = BlockEncoder::new(1, TransformPolicy::Fixed(Transform::None)).unwrap();
     let block = enc.opaque(BlockKind::Potentiostat, 5, 105, &noise(200, 5));
     let half = block.len() as u64 / 2;
     let mut f = OpenOptions::new().append(true).open(&path).unwrap();

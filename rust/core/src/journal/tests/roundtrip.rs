@@ -124,7 +124,7 @@ fn transforms_invert_every_length() {
 
 #[test]
 fn codec_stored_when_compression_does_not_help() {
-    let mut enc = BlockEncoder::new(1, Transform::DeltaShuffle).unwrap();
+    let mut enc = BlockEncoder::new(1, TransformPolicy::Fixed(Transform::DeltaShuffle)).unwrap();
     let noisy = noise(4096, 1);
     let block = enc.opaque(BlockKind::Note, 0, 0, &noisy);
     let h = BlockHeader::parse(&block).unwrap();
@@ -260,4 +260,38 @@ fn config_is_validated() {
         ));
     }
     assert!(!dir.path().exists());
+}
+
+#[test]
+fn auto_transform_keeps_up_with_the_best_fixed_one() {
+    let ptu = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data/ptu");
+    let mut streams = vec![("emitter".to_owned(), emitter_frames(200))];
+    for name in ["hydraharp_v20_t2.ptu", "picoharp_v30_t2.ptu"] {
+        match crate::link::ptu::read(&ptu.join(name)) {
+            Ok(f) => {
+                let bytes: Vec<u8> = f.records.iter().flat_map(|r| r.to_le_bytes()).collect();
+                streams.push((
+                    name.into(),
+                    bytes.chunks(1 << 16).map(<[u8]>::to_vec).collect(),
+                ));
+            }
+            Err(e) => eprintln!("{name} not read ({e}): skipped"),
+        }
+    }
+    for (name, frames) in streams {
+        let stored = |p: TransformPolicy| {
+            let mut enc = BlockEncoder::new(1, p).unwrap();
+            let mut batch = FrameBatch::default();
+            frames.iter().for_each(|f| batch.push(0, f));
+            enc.frames(0, &batch).len()
+        };
+        let auto = stored(TransformPolicy::Auto);
+        let fixed = [Transform::None, Transform::Shuffle, Transform::DeltaShuffle]
+            .map(|t| stored(TransformPolicy::Fixed(t)));
+        let best = *fixed.iter().min().unwrap();
+        assert!(
+            auto as f64 <= 1.02 * best as f64,
+            "{name}: auto {auto}, fixed {fixed:?}"
+        );
+    }
 }
