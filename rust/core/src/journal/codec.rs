@@ -52,6 +52,9 @@ pub struct FrameBatch {
 }
 
 impl FrameBatch {
+    /// Bytes of a frame's index entry: its length and arrival time.
+    pub const ENTRY: usize = INDEX_ENTRY;
+
     pub fn with_capacity(bytes: usize) -> Self {
         FrameBatch {
             index: Vec::new(),

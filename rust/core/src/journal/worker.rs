@@ -11,7 +11,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::codec::BlockEncoder;
+use super::codec::{BlockEncoder, FrameBatch};
 use super::format::BLOCK_HEADER_LEN;
 use super::sink::Sink;
 use super::writer::{Pending, Shared, State};
@@ -191,7 +191,7 @@ impl Worker {
                     host_ns: batch.last_host_ns(),
                     frames: batch.frames() as u64,
                     raw: batch.raw_len() as u64,
-                    acct: batch.data_len() as u64,
+                    acct: (batch.data_len() + FrameBatch::ENTRY * batch.frames()) as u64,
                     bytes: self.enc.frames(seq, &batch),
                 };
                 lock(&self.shared.queue).recycle(batch);

@@ -145,7 +145,8 @@ pub struct JournalStatus {
     /// Bytes of all segment files known to be on disk.
     pub durable_bytes: u64,
     pub durable_host_ns: Option<i64>,
-    /// Accepted payload bytes not yet durable, and the most there ever were.
+    /// Accepted bytes not yet durable (payloads, and 12 bytes of batch index per frame),
+    /// and the most there ever were.
     pub queued_bytes: u64,
     pub queued_high_water: u64,
     /// The disk error the writer is retrying, if any, and how many there were.
@@ -263,7 +264,7 @@ impl JournalWriter {
         check_len(payload.len())?;
         let owned = payload.to_vec();
         let mut q = lock(&self.shared.queue);
-        self.admit(&q, payload.len())?;
+        self.admit(&q, payload.len(), 0)?;
         let seq = q.take_seq();
         q.items.push_back(Pending::Opaque {
             kind,
@@ -284,14 +285,15 @@ impl JournalWriter {
         check_len(frame.len())?;
         let limit = self.shared.block_bytes;
         let mut q = lock(&self.shared.queue);
-        self.admit(&q, frame.len())?;
+        self.admit(&q, frame.len(), FrameBatch::ENTRY)?;
         let st = &self.shared.stats;
         let before = q.items.len();
-        if !q.batch.is_empty() && q.batch.data_len() + frame.len() > limit {
+        // Counted with the index, so a flood of empty frames also fills a batch.
+        if !q.batch.is_empty() && q.batch.raw_len() + frame.len() > limit {
             q.close_batch(limit, st);
         }
         q.batch.push(host_ns, frame);
-        if q.batch.data_len() >= limit {
+        if q.batch.raw_len() >= limit {
             q.close_batch(limit, st);
         }
         let handed = q.items.len() > before;
@@ -304,7 +306,8 @@ impl JournalWriter {
     }
 
     /// Take `len` bytes into the queue's account, or refuse (and count the refusal).
-    fn admit(&self, q: &Queue, len: usize) -> Result<()> {
+    /// `index` bytes (a frame's batch entry) count against the bound with the payload.
+    fn admit(&self, q: &Queue, len: usize, index: usize) -> Result<()> {
         let st = &self.shared.stats;
         let refuse = |msg: String| {
             st.refused_appends.fetch_add(1, Ordering::Relaxed);
@@ -321,7 +324,8 @@ impl JournalWriter {
         }
         let queued = st.queued_bytes.load(Ordering::Relaxed);
         let limit = self.shared.queue_bytes;
-        if queued + len as u64 > limit {
+        let take = (len + index) as u64;
+        if queued + take > limit {
             let why = lock(&self.shared.disk_error)
                 .as_deref()
                 .map_or(String::new(), |e| format!("; disk error: {e}"));
@@ -329,7 +333,7 @@ impl JournalWriter {
                 "{queued} bytes not yet durable, limit {limit}: {len} bytes refused{why}"
             ))));
         }
-        let now = st.queued_bytes.fetch_add(len as u64, Ordering::Relaxed) + len as u64;
+        let now = st.queued_bytes.fetch_add(take, Ordering::Relaxed) + take;
         st.queued_high_water.fetch_max(now, Ordering::Relaxed);
         st.bytes_appended.fetch_add(len as u64, Ordering::Relaxed);
         Ok(())

@@ -143,3 +143,27 @@ fn drop_on_a_full_disk_does_not_hang() {
     drop(w);
     assert!(t.elapsed() < Duration::from_secs(3), "{:?}", t.elapsed());
 }
+
+#[test]
+fn empty_frames_count_against_the_bound() {
+    let dir = TempDir::new("empty-frames");
+    let w = JournalWriter::open(JournalConfig {
+        queue_bytes: 1200,
+        flush_interval: Duration::from_secs(60),
+        ..config(&dir)
+    })
+    .unwrap();
+    for i in 0..100 {
+        w.append_frame(i, b"").unwrap();
+    }
+    assert!(matches!(
+        w.append_frame(100, b""),
+        Err(CoreError::JournalFull(_))
+    ));
+    assert_eq!(w.status().queued_bytes, 1200);
+    let st = w.close().unwrap();
+    assert_eq!(
+        (st.frames_durable, st.refused_appends, st.queued_bytes),
+        (100, 1, 0)
+    );
+}
