@@ -572,6 +572,39 @@ impl PyAcquisition {
         py.detach(|| inner.stop(open_circuit))
     }
 
+    /// From now on every detector read and sample batch also goes to `journal`, from the
+    /// link threads; with `fresh_cubes` the cubes and counters start over at that moment,
+    /// so replaying the journal rebuilds them exactly. Returns whether a journal was
+    /// already being recorded to (it is replaced, not closed).
+    #[pyo3(signature = (journal, fresh_cubes = true))]
+    fn start_recording(
+        &self,
+        py: Python<'_>,
+        journal: &crate::journal::PyJournalWriter,
+        fresh_cubes: bool,
+    ) -> PyResult<bool> {
+        let writer = journal.shared()?;
+        let inner = &self.inner;
+        let before = py
+            .detach(|| inner.start_recording(writer, fresh_cubes))
+            .map_err(acq_err)?;
+        Ok(before.is_some())
+    }
+
+    /// Stop recording (the journal is not closed: its owner closes it). Returns the
+    /// digest of what the engine built while recording (``EventCore.digest``; ``{}``
+    /// without a detector link), or None if nothing was being recorded.
+    fn stop_recording<'py>(&self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyDict>>> {
+        let inner = &self.inner;
+        let Some((_journal, digest)) = py.detach(|| inner.stop_recording()) else {
+            return Ok(None);
+        };
+        match digest {
+            Some(g) => crate::events::digest_dict(py, &g).map(Some),
+            None => Ok(Some(PyDict::new(py))),
+        }
+    }
+
     /// The interlock's state as a dict (`docs/safety.md`), or None without an interlock.
     fn interlock_state<'py>(&self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyDict>>> {
         let Some(h) = &self.interlock else {
@@ -678,26 +711,26 @@ impl PyAcquisition {
     }
 
     /// Every species' whole cube read under one lock, so all have the same slices and
-    /// binning: `({species: uint32 [z, y, x]}, frames_per_slice, n_slices, rebins)`.
+    /// binning, with the counters they go with: `({species: uint32 [z, y, x]},
+    /// frames_per_slice, n_slices, rebins, counters)`.
     #[allow(clippy::type_complexity)]
-    fn cubes<'py>(&self, py: Python<'py>) -> PyResult<(Bound<'py, PyDict>, u64, usize, u64)> {
-        let (reads, fps, n, rebins) = self.engine(py, |e| {
+    fn cubes<'py>(
+        &self,
+        py: Python<'py>,
+    ) -> PyResult<(Bound<'py, PyDict>, u64, usize, u64, Bound<'py, PyDict>)> {
+        let (reads, fps, n, counters) = self.engine(py, |e| {
             let c = e.cubes();
             let reads = (0..c.n_species())
                 .map(|s| cube_reads::cube(c, s, 0, None))
                 .collect::<Result<Vec<_>, _>>();
-            (
-                reads,
-                e.frames_per_slice(),
-                c.n_slices(),
-                e.counters().rebins,
-            )
+            (reads, e.frames_per_slice(), c.n_slices(), e.counters())
         })?;
         let d = PyDict::new(py);
         for (name, (out, shape)) in self.species.iter().zip(reads.map_err(to_py)?) {
             d.set_item(name, out.into_pyarray(py).reshape(shape)?)?;
         }
-        Ok((d, fps, n, rebins))
+        let counters_d = crate::events::counters_dict(py, &counters)?;
+        Ok((d, fps, n, counters.rebins, counters_d))
     }
 
     /// Counts per slice and species, `uint64 [z, species]`.

@@ -7,7 +7,7 @@ use numpy::{
 };
 use opsims_core::counters::Counters;
 use opsims_core::cube::BudgetPolicy;
-use opsims_core::engine::{Engine, EngineConfig};
+use opsims_core::engine::{Engine, EngineConfig, EngineDigest};
 use opsims_core::link::tttr::RecordType;
 use opsims_core::raster::{MarkerMasks, RasterConfig};
 use opsims_core::CoreError;
@@ -25,11 +25,28 @@ pub struct EventCore {
     engine: Engine,
 }
 
-fn counters_dict<'py>(py: Python<'py>, c: &Counters) -> PyResult<Bound<'py, PyDict>> {
+pub(crate) fn counters_dict<'py>(py: Python<'py>, c: &Counters) -> PyResult<Bound<'py, PyDict>> {
     let d = PyDict::new(py);
     for (name, value) in c.named() {
         d.set_item(name, value)?;
     }
+    Ok(d)
+}
+
+/// ``{"counters", "n_slices", "frames_per_slice", "species": {name: {"crc32", "binned"}}}``.
+pub(crate) fn digest_dict<'py>(py: Python<'py>, g: &EngineDigest) -> PyResult<Bound<'py, PyDict>> {
+    let d = PyDict::new(py);
+    d.set_item("counters", counters_dict(py, &g.counters)?)?;
+    d.set_item("n_slices", g.n_slices)?;
+    d.set_item("frames_per_slice", g.frames_per_slice)?;
+    let species = PyDict::new(py);
+    for (name, crc, binned) in &g.species {
+        let s = PyDict::new(py);
+        s.set_item("crc32", crc)?;
+        s.set_item("binned", binned)?;
+        species.set_item(name, s)?;
+    }
+    d.set_item("species", species)?;
     Ok(d)
 }
 
@@ -144,6 +161,14 @@ impl EventCore {
 
     fn counters<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
         counters_dict(py, &self.engine.counters())
+    }
+
+    /// What the engine built, in a few numbers (counters, slices, a CRC-32 per species'
+    /// cube): equal for two engines fed the same bytes with the same arrival times.
+    fn digest<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let engine = &self.engine;
+        let g = py.detach(|| engine.digest());
+        digest_dict(py, &g)
     }
 
     #[getter]

@@ -3,6 +3,7 @@
 //! with the GIL released. `append` copies under a short lock and never waits for disk.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use opsims_core::journal::{
@@ -43,14 +44,21 @@ fn kind(name: &str) -> PyResult<BlockKind> {
 /// Writes one run journal: ``append`` only queues, a native thread writes and syncs.
 #[pyclass(name = "JournalWriter", module = "opsims._native", frozen)]
 pub struct PyJournalWriter {
-    // None only while being dropped.
-    inner: Option<CoreWriter>,
+    // None only while being dropped. Shared with an `Acquisition` that records into it.
+    inner: Option<Arc<CoreWriter>>,
 }
 
 impl PyJournalWriter {
     fn writer(&self) -> PyResult<&CoreWriter> {
         self.inner
-            .as_ref()
+            .as_deref()
+            .ok_or_else(|| JournalError::new_err("journal writer is gone"))
+    }
+
+    /// The writer itself, for the acquisition threads to append to.
+    pub(crate) fn shared(&self) -> PyResult<Arc<CoreWriter>> {
+        self.inner
+            .clone()
             .ok_or_else(|| JournalError::new_err("journal writer is gone"))
     }
 }
@@ -101,7 +109,9 @@ impl PyJournalWriter {
             ..JournalConfig::new(path)
         };
         let inner = py.detach(|| CoreWriter::open(cfg)).map_err(to_py)?;
-        Ok(PyJournalWriter { inner: Some(inner) })
+        Ok(PyJournalWriter {
+            inner: Some(Arc::new(inner)),
+        })
     }
 
     /// Queue an opaque payload of ``kind``; raises JournalFullError when the queue is full.

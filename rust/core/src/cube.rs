@@ -97,6 +97,19 @@ impl CubeSet {
         self.budget_bytes
     }
 
+    /// CRC-32 of slices `0..n_slices` of one species (little-endian u32, `[z][y][x]`):
+    /// cubes built from the same input compare equal without copying them out.
+    pub fn crc32(&self, species: usize) -> u32 {
+        let mut h = crc32fast::Hasher::new();
+        let mut bytes = Vec::with_capacity(self.slice_len() * 4);
+        for z in 0..self.n_slices {
+            bytes.clear();
+            bytes.extend(self.slice(species, z).iter().flat_map(|v| v.to_le_bytes()));
+            h.update(&bytes);
+        }
+        h.finalize()
+    }
+
     fn slice_len(&self) -> usize {
         self.ny * self.nx
     }

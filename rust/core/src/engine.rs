@@ -11,6 +11,16 @@ use crate::link::frame::{Assembler, FrameHeader, Item};
 use crate::link::tttr::{Decoder, EventLayout, RecordSink, RecordType};
 use crate::raster::{Raster, RasterConfig};
 
+/// See [`Engine::digest`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EngineDigest {
+    pub counters: Counters,
+    pub n_slices: usize,
+    pub frames_per_slice: u64,
+    /// Per species: name, CRC-32 of its cube, counts binned.
+    pub species: Vec<(String, u32, u64)>,
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct EngineConfig {
     pub record_type: RecordType,
@@ -156,6 +166,20 @@ impl Engine {
     pub fn clock_state(&self) -> ClockState {
         self.clock.state()
     }
+
+    /// What this engine built, in a few numbers: two engines fed the same bytes with the
+    /// same arrival times have equal digests (a replay checks itself against the live one).
+    pub fn digest(&self) -> EngineDigest {
+        let binned = self.cubes.binned_by_species();
+        EngineDigest {
+            counters: self.counters,
+            n_slices: self.cubes.n_slices(),
+            frames_per_slice: self.frames_per_slice(),
+            species: (self.species().into_iter().enumerate())
+                .map(|(s, name)| (name, self.cubes.crc32(s), binned[s]))
+                .collect(),
+        }
+    }
     pub fn loss_intervals(&self) -> impl Iterator<Item = &LossInterval> {
         self.losses.iter()
     }
@@ -229,8 +253,14 @@ impl Engine {
             self.resync = true;
             return;
         }
-        if std::mem::take(&mut self.resync) {
-            let position = (h.frame_markers, h.line_starts);
+        let position = (h.frame_markers, h.line_starts);
+        let resync = std::mem::take(&mut self.resync);
+        if self.counters.link_frames == 0 && position != (0, 0) {
+            // The first frame of a stream already running (a restart, or a run's fresh
+            // pipeline): start in step with it.
+            self.raster
+                .join(position, &mut self.cubes, &mut self.counters);
+        } else if resync {
             self.raster
                 .link_gap(position, &mut self.cubes, &mut self.counters);
         }

@@ -59,7 +59,11 @@ impl Session for DetectorSession {
                 Ok(n) => {
                     let host_ns = realtime_ns();
                     bump(&c.detector_bytes, n as u64);
-                    lock(engine).feed_link(&self.buf[..n], host_ns);
+                    let mut engine = lock(engine);
+                    // Under the engine lock: recording starts and stops between reads.
+                    sh.recorder.detector(host_ns, &self.buf[..n], c);
+                    engine.feed_link(&self.buf[..n], host_ns);
+                    drop(engine);
                     sh.data_arrived();
                 }
                 Err(e)

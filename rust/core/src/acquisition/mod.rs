@@ -17,6 +17,7 @@
 
 mod detector;
 mod potentiostat;
+mod recording;
 #[cfg(test)]
 mod tests;
 
@@ -31,11 +32,13 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use thiserror::Error;
 
 use crate::clock::ClockModel;
-use crate::engine::{Engine, EngineConfig};
+use crate::engine::{Engine, EngineConfig, EngineDigest};
 use crate::error::CoreError;
+use crate::journal::JournalWriter;
 use crate::link::potentiostat::{self as wire, EisPoint, Hello, Reply};
 
 pub use potentiostat::{LinkWriter, NoCheck, Sample, SampleCheck, TickUnwrapper};
+pub use recording::{decode_samples, encode_samples, SAMPLE_RECORD_LEN};
 
 /// A failed call on an [`Acquisition`].
 #[derive(Debug, Error)]
@@ -373,6 +376,10 @@ link_counters! {
     open_circuit_now,
     /// Panics caught in a link thread (each also reported as a link event).
     panics,
+    /// Detector reads and sample batches handed to the run journal...
+    journal_appends,
+    /// ...and refused by it (its memory bound was full): not in the journal.
+    journal_refused,
 }
 
 pub(crate) fn bump(c: &AtomicU64, by: u64) {
@@ -427,6 +434,7 @@ pub(crate) struct Shared {
     epoch: Instant,
     engine: Option<Mutex<Engine>>,
     pot: Option<potentiostat::PotShared>,
+    recorder: recording::Recorder,
 }
 
 impl Shared {
@@ -473,6 +481,8 @@ impl Shared {
     }
 
     fn push_samples(&self, samples: &[Sample]) {
+        // The journal takes every sample, also those the owner's queue has no room for.
+        self.recorder.samples(samples, &self.counters);
         let mut q = lock(&self.queues);
         let room = self.cfg.sample_queue.saturating_sub(q.samples.len());
         let keep = samples.len().min(room);
@@ -601,6 +611,7 @@ impl Acquisition {
             epoch: Instant::now(),
             engine,
             pot,
+            recorder: recording::Recorder::default(),
             cfg,
         });
         let mut threads = Vec::new();
@@ -665,6 +676,35 @@ impl Acquisition {
             LinkId::Potentiostat => self.shared.pot.is_some(),
         };
         configured.then(|| lock(&self.shared.queues).states[link.index()])
+    }
+
+    /// From now on every detector read (as fed to the engine, with its arrival time) and
+    /// every batch of samples also goes to `journal`. With `fresh_cubes` the detector
+    /// pipeline starts over empty at the same moment (under its lock), so feeding the
+    /// journal's reads into a new engine of the same configuration rebuilds exactly the
+    /// cubes and counters this one builds. Returns the journal recorded to before, if any.
+    pub fn start_recording(
+        &self,
+        journal: Arc<JournalWriter>,
+        fresh_cubes: bool,
+    ) -> Result<Option<Arc<JournalWriter>>> {
+        let Some(engine) = &self.shared.engine else {
+            return Ok(self.shared.recorder.set(Some(journal)));
+        };
+        let mut engine = lock(engine);
+        if fresh_cubes {
+            *engine = Engine::new(engine.config().clone())?;
+        }
+        Ok(self.shared.recorder.set(Some(journal)))
+    }
+
+    /// Stop recording; the journal is handed back to be closed, with the digest of what
+    /// the engine built from it (taken under the same lock, so no read is half recorded
+    /// and none is binned after the digest). None if nothing was being recorded.
+    pub fn stop_recording(&self) -> Option<(Arc<JournalWriter>, Option<EngineDigest>)> {
+        let engine = self.shared.engine.as_ref().map(lock);
+        let journal = self.shared.recorder.set(None)?;
+        Some((journal, engine.map(|e| e.digest())))
     }
 
     /// The detector pipeline, locked (the detector thread waits while it is held).

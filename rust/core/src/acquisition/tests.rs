@@ -726,3 +726,121 @@ fn the_detector_link_feeds_the_engine_across_reconnects() {
     // The engine outlives the threads.
     assert_eq!(acq.engine().unwrap().counters().link_frames, 7);
 }
+
+/// An emitter whose stream the engine of `engine_config()` maps (dwell 10 ticks, 4 x 2).
+fn emitter() -> crate::sim::Emitter {
+    let raster = engine_config().raster;
+    let cfg = crate::sim::EmitterConfig {
+        record_type: RecordType::GenericT3.code(),
+        tick_s: 80e-9,
+        raster,
+        frame_gap_ticks: 30,
+        dead_time_ticks: 1,
+        dark_rate_hz: 1e5,
+        settle_rate_fraction: 0.0,
+        start_tick: 0,
+        seed: 3,
+        record_truth: false,
+        record_events: false,
+        max_records_per_frame: 50,
+        fine_fs: None,
+    };
+    let mut em = crate::sim::Emitter::new(cfg).unwrap();
+    em.set_rates(&[4e6; 8]).unwrap();
+    em
+}
+
+#[test]
+fn a_recording_replayed_into_a_new_engine_rebuilds_its_cubes_and_counters() {
+    let (l, port) = listener();
+    let cfg = AcquisitionConfig {
+        detector: Some(DetectorLinkConfig {
+            address: LinkAddress {
+                host: "localhost".into(),
+                port,
+            },
+            engine: engine_config(),
+        }),
+        ..AcquisitionConfig::default()
+    };
+    let acq = Acquisition::start(cfg, Box::new(NoCheck)).unwrap();
+    let mut s = accept(&l);
+    let mut em = emitter();
+    let mut until = 0;
+    // Bytes sent so far; steps that are not a multiple of the line, and writes split
+    // mid-frame, so reads split lines and frames.
+    let mut sent = 0u64;
+    let mut send = |s: &mut TcpStream, steps: usize| {
+        for _ in 0..steps {
+            until += 97;
+            for f in em.emit_until(until).unwrap() {
+                let (a, b) = f.split_at(f.len() / 3);
+                s.write_all(a).unwrap();
+                s.write_all(b).unwrap();
+                sent += f.len() as u64;
+            }
+        }
+        sent
+    };
+    let read_all = |acq: &Acquisition, n: u64| {
+        let deadline = Instant::now() + T;
+        while counter(acq, "detector_bytes") < n && Instant::now() < deadline {
+            acq.wait(Duration::from_millis(5));
+        }
+        assert_eq!(counter(acq, "detector_bytes"), n);
+    };
+    let first = send(&mut s, 40);
+    read_all(&acq, first);
+    let dir = std::env::temp_dir().join(format!("opsims-recording-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let journal = JournalWriter::open(crate::journal::JournalConfig::new(&dir)).unwrap();
+    let journal = Arc::new(journal);
+    let before = acq.start_recording(Arc::clone(&journal), true).unwrap();
+    assert!(before.is_none());
+    assert_eq!(acq.engine().unwrap().counters().events, 0, "a fresh engine");
+    let all = send(&mut s, 400);
+    read_all(&acq, all);
+    let (stopped, digest) = acq.stop_recording().unwrap();
+    assert!(Arc::ptr_eq(&stopped, &journal));
+    stopped.close().unwrap();
+    let live = acq.engine().unwrap();
+    assert_eq!(digest, Some(live.digest()), "nothing binned after the stop");
+    assert!(live.counters().binned > 1000, "{:?}", live.counters());
+
+    let mut replay = Engine::new(live.config().clone()).unwrap();
+    let reader = crate::journal::JournalReader::open(&dir).unwrap();
+    let mut bytes = 0;
+    for block in reader.blocks().unwrap() {
+        let block = block.unwrap();
+        if block.kind == crate::journal::BlockKind::DetectorFrames {
+            for (host_ns, data) in block.frames().unwrap() {
+                bytes += data.len() as u64;
+                replay.feed_link(data, host_ns);
+            }
+        }
+    }
+    assert_eq!(bytes, all - first, "every byte read while recording, once");
+    assert_eq!(replay.counters(), live.counters());
+    let n = live.cubes().n_slices();
+    assert!(n > 2);
+    assert_eq!(replay.cubes().n_slices(), n);
+    let (mut a, mut b) = (vec![0; n * 8], vec![0; n * 8]);
+    live.cubes().copy_range(0, 0, n, &mut a).unwrap();
+    replay.cubes().copy_range(0, 0, n, &mut b).unwrap();
+    assert_eq!(a, b);
+    assert_eq!(
+        replay.cubes().binned_by_species(),
+        live.cubes().binned_by_species()
+    );
+    assert_eq!(
+        format!("{:?}", replay.clock_state()),
+        format!("{:?}", live.clock_state())
+    );
+    assert_eq!(replay.digest(), live.digest());
+    let empty = Engine::new(live.config().clone()).unwrap().digest();
+    assert_ne!(replay.digest().species, empty.species);
+    assert_eq!(counter(&acq, "journal_refused"), 0);
+    assert!(counter(&acq, "journal_appends") > 0);
+    drop(live);
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -84,6 +84,9 @@ pub struct Raster {
     frames_per_slice: u64,
     last_tick: u64,
     frame: Option<u64>,
+    /// The frame that slice 0 begins with: 0 from the start of a stream; after `join`,
+    /// the first frame that starts (None until then: the partial frame is not binned).
+    origin: Option<u64>,
     frame_start: u64,
     /// End-marked rasters have no marker before frame 0: it starts at its first line.
     frame_start_pending: bool,
@@ -138,6 +141,7 @@ impl Raster {
             frame: (cfg.frame_marker_at == FrameMarkerAt::End).then_some(0),
             frame_start: 0,
             frame_start_pending: cfg.frame_marker_at == FrameMarkerAt::End,
+            origin: Some(0),
             lines_in_frame: 0,
             line: None,
             targets,
@@ -272,6 +276,7 @@ impl Raster {
                 c.frames_bad_line_count += 1;
             }
             self.frame = Some(self.frame.map_or(0, |f| f + 1));
+            self.origin = self.origin.or(self.frame);
             self.frame_start = tick;
             self.frame_start_pending = false;
             self.lines_in_frame = 0;
@@ -291,7 +296,8 @@ impl Raster {
             self.frame_start = tick;
             self.frame_start_pending = false;
         }
-        let frame = self.frame;
+        // A frame before the origin (joined mid-frame) is not binned: no frame as yet.
+        let frame = self.frame.filter(|&f| self.origin.is_some_and(|o| f >= o));
         let frame_offset = tick - self.frame_start;
         for t in self.targets.iter_mut() {
             let f = frame.unwrap_or(0);
@@ -322,6 +328,15 @@ impl Raster {
             (FrameMarkerAt::End, n) => Some(n),
         };
         self.lines_in_frame = line_starts;
+    }
+
+    /// This pipeline starts on a stream already running (a link frame whose header says
+    /// frames were sent before it): the raster position is the sender's, so the mass
+    /// schedule stays in step, and binning begins with the next whole frame, which is
+    /// slice 0's first. Until then events count as `before_first_frame` or `link_gap`.
+    pub fn join(&mut self, position: (u64, u32), cubes: &mut CubeSet, c: &mut Counters) {
+        self.link_gap(position, cubes, c);
+        self.origin = None;
     }
 
     /// End of run: close the open line with the last tick seen, and check the last frame
@@ -481,6 +496,7 @@ impl Raster {
 
     /// The slice of `frame`, growing or rebinning the cubes as the budget allows.
     fn slice_for(&mut self, frame: u64, cubes: &mut CubeSet) -> Option<usize> {
+        let frame = frame - self.origin.unwrap_or(0);
         loop {
             let z = (frame / self.frames_per_slice) as usize;
             match cubes.ensure_slice(z) {

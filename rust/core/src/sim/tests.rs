@@ -632,3 +632,44 @@ fn a_jump_between_lines_without_flyback_keeps_the_line_stop_before_it() {
     assert_eq!((c.lines_bad, c.line_stops, c.line_starts), (0, 15, 15));
     assert_eq!(c.binned, em.truth_counters().binned);
 }
+
+#[test]
+fn a_pipeline_that_joins_a_running_stream_stays_in_step_and_starts_with_a_whole_frame() {
+    for at in [FrameMarkerAt::Start, FrameMarkerAt::End] {
+        let mut cfg = config(MULTIHARP_T3, Switching::PerFrame, Switching::PerPixel);
+        cfg.raster.frames_per_slice = 1;
+        cfg.raster.frame_marker_at = at;
+        let mut em = Emitter::new(cfg.clone()).unwrap();
+        em.set_rates(&rates(&cfg)).unwrap();
+        let end = line_start(&cfg, 7, 0);
+        let frames: Vec<Vec<u8>> = (1..=end / 53)
+            .flat_map(|k| em.emit_until(k * 53).unwrap())
+            .collect();
+        let mut whole = engine_for(&cfg, 30.0);
+        // Joined a third of the way in, mid-frame: frame 1 or 2 is partial.
+        let mut joined = engine_for(&cfg, 30.0);
+        let from = frames.len() / 3;
+        for (i, f) in frames.iter().enumerate() {
+            whole.feed_link(f, 0);
+            if i >= from {
+                joined.feed_link(f, 0);
+            }
+        }
+        let (n, m) = (whole.cubes().n_slices(), joined.cubes().n_slices());
+        assert!(m >= 3 && m < n, "{at:?}: {m} of {n} slices");
+        let origin = n - m;
+        let plane = (cfg.raster.ny * cfg.raster.nx) as usize;
+        for s in 0..cfg.n_species() {
+            let mut a = vec![0; n * plane];
+            let mut b = vec![0; m * plane];
+            whole.cubes().copy_range(s, 0, n, &mut a).unwrap();
+            joined.cubes().copy_range(s, 0, m, &mut b).unwrap();
+            // Slice z of the joined pipeline is frame origin + z of the whole stream,
+            // species and all (the mass schedule followed the sender's frame count).
+            assert_eq!(&a[origin * plane..], &b[..], "{at:?} species {s}");
+        }
+        let c = joined.counters();
+        assert_eq!(c.events, c.binned + c.rejected_total() + c.pending);
+        assert!(c.binned > 0 && c.binned < whole.counters().binned);
+    }
+}
