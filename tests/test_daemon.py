@@ -64,9 +64,12 @@ def test_a_protocol_through_the_daemon(tmp_path: Path) -> None:
     # 5 to 10 V in ~10 ms of wall time, faster than the Python loop reacts on a busy
     # machine, so the interlock (tested in test_safety.py) gets a wider band here.
     wide = {"safety": {"ewe_min_v": -15.0, "ewe_max_v": 15.0}}
+    # One frame per slice: the run's cubes start at a frame the simulator numbers F0, so
+    # its slices line up with the simulator's only slice by frame.
+    per_frame = small_raster(nx=32, ny=16, dwell_ticks=200_000_000, frames_per_slice=1)
     with (
-        run_sim(tmp_path / "sim", SIM) as sim,
-        run_daemon(tmp_path, merge(external(sim.ports), wide)) as daemon,
+        run_sim(tmp_path / "sim", merge(SIM, per_frame)) as sim,
+        run_daemon(tmp_path, merge(merge(external(sim.ports), wide), per_frame)) as daemon,
         Subscriber(daemon.publish) as sub,
         Control(daemon.control) as ctl,
     ):
@@ -115,18 +118,27 @@ def test_a_protocol_through_the_daemon(tmp_path: Path) -> None:
     assert np.allclose(plating["current_a"], -4e-8, rtol=0.05)
     assert ec["ewe_v"].max() > 5.0  # the strip ran into depletion and was stopped there
 
-    # The cubes: every complete slice equals the simulator's true counts.
+    # The cubes start over with the run: every complete slice equals the simulator's true
+    # counts of one frame, at one offset F0 (the first frame after the run started).
     n = snapshot.fields["n_slices"]
     assert n >= 3
-    for name in snapshot.fields["species"]:
-        np.testing.assert_array_equal(snapshot.arrays[name][: n - 1], cubes[name][: n - 1])
+    names = snapshot.fields["species"]
+    total = cubes[names[0]].shape[0]
+    offsets = [f0 for f0 in range(total - n + 2)
+               if all(np.array_equal(snapshot.arrays[s][: n - 1], cubes[s][f0 : f0 + n - 1])
+                      for s in names)]  # fmt: skip
+    assert len(offsets) == 1 and offsets[0] > 0, offsets
     # And the counters the daemon published balance.
     events = [m.fields for m in messages if m.topic == "events"][-1]["totals"]
     assert events["events"] == events["binned"] + events["rejected_total"] + events["pending"]
     # Counts per species are read just after the counters: between this batch's and the
     # next one's binned total. Each detector's are its species'.
     batches = [m.fields for m in messages if m.topic == "events"]
+    assert sum(after["totals"]["binned"] < now["totals"]["binned"]
+               for now, after in itertools.pairwise(batches)) <= 1  # fmt: skip
     for now, after in itertools.pairwise(batches):
+        if after["totals"]["binned"] < now["totals"]["binned"]:
+            continue  # the run started between them: its cubes and counters start over
         by_species = now["binned_by_species"]
         assert now["totals"]["binned"] <= sum(by_species.values()) <= after["totals"]["binned"]
         assert now["detectors"]["positive"]["binned"] == sum(
@@ -213,7 +225,9 @@ def test_opsims_commands_talk_to_the_daemon(tmp_path: Path) -> None:
     with run_sim(tmp_path / "sim", SIM) as sim, run_daemon(tmp_path, external(sim.ports)) as daemon:
         status = opsims("status")
         assert set(status["links"]) == {"detector", "potentiostat"}
-        assert opsims("run", str(protocol))["run_id"] == "run-1"
+        run_id = opsims("run", str(protocol))["run_id"]
+        # Named by its start (UTC), so no two runs in the state directory share a name.
+        assert run_id.startswith("run-20") and (tmp_path / "state" / "runs" / run_id).is_dir()
         deadline = time.monotonic() + 20
         while opsims("status")["run"]["state"] != "finished":
             assert time.monotonic() < deadline

@@ -321,7 +321,7 @@ def test_coalescing_sends_only_the_latest_content_and_counts_the_rest(ctx: Ctx) 
         assert first is not None and second is not None
         assert (first.fields["species"], first.fields["z"], first.seq) == ("Na+", 1, 0)
         assert np.all(first.arrays["slice"] == 15)  # 1+2+3+4+5: the latest content only
-        assert first.fields == {"species": "Na+", "species_index": 0, "z": 1, **binning}
+        assert first.fields == {"species": "Na+", "species_index": 0, "z": 1, "epoch": 0, **binning}
         assert (second.fields["species"], second.fields["z"]) == ("O-", 0)
         assert np.all(second.arrays["slice"] == 7)
 

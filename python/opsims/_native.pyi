@@ -130,6 +130,10 @@ class EventCore:
         """Sum of one species over slices ``z_start..z_stop``, ``[y, x]``."""
     def binned_by_species(self) -> dict[str, int]:
         """Counts binned per species since the cubes were made (no pass over them)."""
+    def digest(self) -> dict[str, Any]:
+        """What the engine built: ``counters``, ``n_slices``, ``frames_per_slice`` and
+        ``species`` ({name: {``crc32`` of its cube, ``binned``}}); equal for two engines
+        fed the same bytes with the same arrival times."""
     def take_dirty(self) -> int | None:
         """The lowest slice changed since the last call, or None."""
     def clock_state(self) -> dict[str, Any]:
@@ -525,6 +529,15 @@ class Acquisition:
         ``restored``, ``current_flowing``, ``link_up``, ``trips``, ``resets``,
         ``open_circuit_writes``, ``changes`` (a counter of state changes), ``last_reset``,
         ``limits``. Reading it also runs the escalation timer while the link is down."""
+    def start_recording(self, journal: JournalWriter, fresh_cubes: bool = True) -> bool:
+        """From now on every detector read and sample batch also goes to ``journal``, from
+        the link threads; with ``fresh_cubes`` the cubes and counters start over at that
+        moment, so replaying the journal rebuilds them exactly. Returns whether a journal
+        was already being recorded to (it is replaced, not closed)."""
+    def stop_recording(self) -> dict[str, Any] | None:
+        """Stop recording (the journal is not closed: its owner closes it). Returns the
+        digest of what the engine built while recording (as :meth:`EventCore.digest`;
+        ``{}`` without a detector link), or None if nothing was being recorded."""
     def reset_interlock(self, operator: str, reason: str) -> dict[str, Any]:
         """Operator reset to ARMED; returns ``state``, ``operator``, ``reason``,
         ``host_ns`` and the ``cleared`` trip. :class:`InterlockError` while not tripped or
@@ -558,9 +571,12 @@ class Acquisition:
     ) -> npt.NDArray[np.uint32]:
         """A copy of slices ``z_start..z_stop`` of one species, ``[z, y, x]``, taken under
         the engine's lock (the detector thread waits meanwhile)."""
-    def cubes(self) -> tuple[dict[str, npt.NDArray[np.uint32]], int, int, int]:
+    def cubes(
+        self,
+    ) -> tuple[dict[str, npt.NDArray[np.uint32]], int, int, int, dict[str, int]]:
         """Every species' whole cube read under one lock (so all share the same slices
-        and binning): ``(cubes, frames_per_slice, n_slices, rebins)``."""
+        and binning), with the counters they go with: ``(cubes, frames_per_slice,
+        n_slices, rebins, counters)``."""
     def depth_profile(self) -> npt.NDArray[np.uint64]:
         """Counts per slice and species, ``[z, species]``."""
     def ion_map(

@@ -57,7 +57,19 @@ def main(argv: list[str] | None = None) -> int:
         if name == "snapshot":
             p.add_argument("--what", choices=("cubes", "profile"), default="profile")
             p.add_argument("--out", type=Path, help="write the arrays to this .npz")
+    replay = sub.add_parser("replay", help="rebuild a run's cubes from its journal")
+    replay.add_argument("run", help="a run directory, or a run id under STATE_DIR/runs")
+    replay.add_argument("--state-dir", type=Path, help="default: $OPSIMS_STATE_DIR or ./state")
+    replay.add_argument("--out", type=Path, help="write the cubes and depth profile to .npz")
+    replay.add_argument("--json", action="store_true", help="machine-readable output")
+    from opsims.analysis.eis_cli import add_eis_parser
+
+    add_eis_parser(sub)
     args = parser.parse_args(argv)
+    if args.command == "eis":
+        return int(args.eis_run(args))
+    if args.command == "replay":
+        return _replay(args)
     if args.command == "demo":
         from opsims.demo import main as demo_main
 
@@ -70,6 +82,38 @@ def main(argv: list[str] | None = None) -> int:
     except ControlError as e:
         print(f"opsims {args.command}: {e.code}: {e.message}", file=sys.stderr)
         return 1
+
+
+def _replay(args: argparse.Namespace) -> int:
+    from opsims._native import JournalError
+    from opsims.replay import find_run, replay
+
+    try:
+        result = replay(find_run(args.run, args.state_dir))
+    except (FileNotFoundError, ValueError, JournalError) as e:
+        print(f"opsims replay: {e}", file=sys.stderr)
+        return 2
+    if args.out is not None:
+        arrays: dict[str, Any] = {"profile": result.core.depth_profile(), **result.cubes()}
+        np.savez_compressed(args.out, allow_pickle=False, **arrays)
+    summary = result.summary()
+    if args.json:
+        print(json.dumps(summary, default=str))
+    else:
+        verdict = {
+            True: "identical to the live daemon's",
+            False: "DIFFERENT from the live daemon's",
+            None: "no live digest to compare (the run did not end)",
+        }
+        c = summary["counters"]
+        print(f"run {summary['run_id']} ({summary['state']}): {result.reads} reads, "
+              f"{result.bytes / 1e6:.1f} MB, {c['events']} events, {c['binned']} binned, "
+              f"{summary['n_slices']} slices, {result.samples} samples")  # fmt: skip
+        print(f"  cubes and counters {verdict[result.identical]}")
+        problems = {k: v for k, v in summary["journal"].items() if k in ("corrupt", "gaps") and v}
+        if problems or summary["journal"].get("torn_tail"):
+            print(f"  journal damage: {problems} torn tail {summary['journal'].get('torn_tail')}")
+    return 1 if result.identical is False else 0
 
 
 def _status(args: argparse.Namespace) -> int:

@@ -273,14 +273,17 @@ class Control(_Closing):
     def status(self) -> dict[str, Any]:
         return self.call("status").fields
 
-    def start_run(self, protocol: Mapping[str, Any]) -> dict[str, Any]:
-        return self.call("start_run", protocol=dict(protocol)).fields
+    def start_run(
+        self, protocol: Mapping[str, Any], operator: str = "", reason: str = ""
+    ) -> dict[str, Any]:
+        """Start ``protocol``; ``operator`` and ``reason`` go into the run's record."""
+        return self.call("start_run", protocol=dict(protocol), **_who(operator, reason)).fields
 
-    def stop_run(self) -> dict[str, Any]:
-        return self.call("stop_run").fields
+    def stop_run(self, operator: str = "", reason: str = "") -> dict[str, Any]:
+        return self.call("stop_run", **_who(operator, reason)).fields
 
-    def abort(self, reason: str) -> dict[str, Any]:
-        return self.call("abort", reason=reason).fields
+    def abort(self, reason: str, operator: str = "") -> dict[str, Any]:
+        return self.call("abort", reason=reason, **_who(operator, "")).fields
 
     def reset_interlock(self, operator: str, reason: str) -> dict[str, Any]:
         return self.call("reset_interlock", operator=operator, reason=reason).fields
@@ -298,13 +301,19 @@ class Control(_Closing):
         self._sock.close(linger=0)
 
 
+def _who(operator: str, reason: str) -> dict[str, str]:
+    """Who and why, for the run's record: sent only when given."""
+    return {k: v for k, v in (("operator", operator), ("reason", reason)) if v}
+
+
 class CubeMirror(_Closing):
     """The daemon's cubes, here: ``cubes[species]`` is ``u32 [z, y, x]``.
 
     It subscribes to ``cube`` first, then asks for a snapshot; the cube messages that
     arrive meanwhile wait in the socket. Those numbered up to the snapshot's ``seq`` are
     already in it and are dropped; the rest are applied in order. A gap, a reconnect, a
-    daemon restart or a rebin takes a fresh snapshot (``syncs`` counts them all).
+    daemon restart, a rebin or cubes started over for a new run (``epoch``) takes a
+    fresh snapshot (``syncs`` counts them all).
     Call :meth:`poll` regularly; ``seq`` is the last cube message the copy includes.
     """
 
@@ -331,6 +340,7 @@ class CubeMirror(_Closing):
         self.frames_per_slice = 1
         self.n_slices = 0
         self.rebins = 0
+        self.epoch = 0
         self.seq = -1
         self.syncs = 0
         self.applied = 0
@@ -352,6 +362,7 @@ class CubeMirror(_Closing):
         self.frames_per_slice = int(f["frames_per_slice"])
         self.n_slices = int(f["n_slices"])
         self.rebins = int(f["rebins"])
+        self.epoch = int(f.get("epoch", 0))
         self.seq = snap.seq
         self.syncs += 1
         self._fresh = True
@@ -392,6 +403,7 @@ class CubeMirror(_Closing):
         if (
             msg.seq != self.seq + 1
             or f["rebins"] != self.rebins
+            or f.get("epoch", 0) != self.epoch
             or cube is None
             or cube.shape[1:] != plane.shape
         ):

@@ -1,6 +1,6 @@
-"""opsimsd's configuration: the ``[daemon]``, ``[links]`` and ``[safety]`` tables, the
-shared ``[detector]`` table, and ``[sim]`` when the simulator is the instrument. Everything is
-checked at start, with the key path in every message (docs/daemon.md)."""
+"""opsimsd's configuration: the ``[daemon]``, ``[links]``, ``[safety]`` and ``[journal]``
+tables, the shared ``[detector]`` table, and ``[sim]`` when the simulator is the instrument.
+Everything is checked at start, with the key path in every message (docs/daemon.md)."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from typing import Any, Literal
 
 from opsims._native import ConfigError
 from opsims.config_table import TableReader, apply_overrides, load_toml
+from opsims.daemon.journal import JournalConfig
 from opsims.daemon.safety import SafetyConfig
 from opsims.detector import DetectorConfig
 from opsims.sim.config import SimConfig
@@ -51,6 +52,7 @@ class DaemonConfig:
     ready_timeout_s: float = 30.0
     potentiostat_clock_window_s: float = 30.0
     safety: SafetyConfig = field(default_factory=SafetyConfig)
+    journal: JournalConfig = field(default_factory=JournalConfig)
 
     @property
     def clock_time_scale(self) -> float:
@@ -66,7 +68,7 @@ class DaemonConfig:
     @classmethod
     def from_document(cls, doc: Mapping[str, Any], path: Path) -> DaemonConfig:
         top = TableReader(doc, "")
-        for key in ("detector", "daemon", "links", "sim", "safety"):
+        for key in ("detector", "daemon", "links", "sim", "safety", "journal"):
             top.used.add(key)
         unknown = sorted(set(doc) - top.used)
         if unknown:
@@ -110,6 +112,7 @@ class DaemonConfig:
                 "clock_window_s", 30.0, minimum=1.0
             ),
             safety=SafetyConfig.from_mapping(top.get("safety", dict, {})),
+            journal=JournalConfig.from_mapping(top.get("journal", dict, {})),
         )
         r.reject_unknown()
         if config.reconnect_max_s < config.reconnect_initial_s:

@@ -24,9 +24,16 @@ from typing import Any
 import numpy as np
 import zmq
 
-from opsims._native import Acquisition, CommandRefused, ConfigError, InterlockError
+from opsims._native import (
+    Acquisition,
+    CommandRefused,
+    ConfigError,
+    InterlockError,
+    JournalError,
+)
 from opsims.announce import announce, wait_for_announcement
 from opsims.daemon.config import DaemonConfig
+from opsims.daemon.journal import RunRecord, new_run_id, recover_runs
 from opsims.daemon.notify import Notifier
 from opsims.daemon.protocol import Runner, RunProtocol, RunState
 from opsims.daemon.publisher import (
@@ -66,6 +73,11 @@ class Daemon:
         # The native interlock's last state read, and what of it was already handled.
         self.safety: dict[str, Any] = {"state": "armed"}
         self.safety_seen: tuple[int, Any, Any] | None = None
+        self.runs_dir = config.state_dir / "runs"
+        # The run being recorded, and those still closing (joined at shutdown).
+        self.record: RunRecord | None = None
+        self.closing: list[RunRecord] = []
+        self.journal_alarm: str | None = None
 
     # --- life cycle -------------------------------------------------------------------
 
@@ -81,6 +93,8 @@ class Daemon:
 
     def _open(self) -> None:
         c = self.config
+        # Runs a crash left open are closed first: the torn tail cut, what was kept noted.
+        self.recovered = recover_runs(self.runs_dir)
         det_addr = (c.detector_link.host, c.detector_link.port)
         pot_addr = (c.potentiostat_link.host, c.potentiostat_link.port)
         if c.simulator == "embedded":
@@ -133,9 +147,11 @@ class Daemon:
             "control": self.control.getsockopt_string(zmq.LAST_ENDPOINT),
         }
         announce(**endpoints)
+        for run in self.recovered:
+            self.pub.publish("journal", {"event": "recovered", **_summary(run)})
         self.runner = Runner(
             self,
-            lambda f: self.pub.publish("run", f),
+            self._on_run,
             self._new_region if self.sim_control else None,
         )
         self.handlers: dict[str, Handler] = {
@@ -179,6 +195,7 @@ class Daemon:
             if now >= next_status:
                 if self.safety["state"] != "armed":
                     self._publish_safety(self.safety)
+                self._check_journal()
                 self.pub.publish("status", self.status())
                 next_status = now + c.status_interval_s
             self._serve_control()
@@ -199,6 +216,8 @@ class Daemon:
                 self._drain()
                 self._publish_events()
                 self.pub.publish("status", {**self.status(), "stopping": True})
+            for record in self.closing:
+                record.close_in_background({}).join()
         finally:
             for closable in ("pub", "control"):
                 if getattr(self, closable, None) is not None:
@@ -269,10 +288,12 @@ class Daemon:
                 log.info("%s link %s: %s", event["link"], event["state"], event.get("reason"))
             elif kind == "eis_point":
                 self.pub.publish("eis", event)
+                self._record("note", {"type": "eis_point", **event})
             elif kind == "safety":
                 pass  # read whole from the interlock by _check_safety
             elif kind == "instrument_event":
                 self.pub.publish("instrument", event)
+                self._record("note", {"type": "instrument_event", **event})
                 if event["name"] in ("eis_done", "eis_aborted"):
                     self.runner.on_eis_done(aborted=event["name"] == "eis_aborted")
 
@@ -327,8 +348,15 @@ class Daemon:
         self.last_by_species = by_species
 
     def _cubes(self) -> tuple[dict[str, Any], dict[str, Any]]:
-        cubes, fps, n, rebins = self.acq.cubes()  # one lock: same slices for all species
-        return cube_snapshot(cubes, frames_per_slice=fps, n_slices=n, rebins=rebins)
+        # One lock: the same slices for all species, and the counters that go with them.
+        cubes, fps, n, rebins, counters = self.acq.cubes()
+        fields, arrays = cube_snapshot(
+            cubes, frames_per_slice=fps, n_slices=n, rebins=rebins, epoch=self.pub.cube_epoch
+        )
+        run = self.runner
+        fields["counters"] = counters
+        fields["run_id"] = run.run_id if self.record is not None else None
+        return fields, arrays
 
     def _profile(self) -> tuple[dict[str, Any], dict[str, Any]]:
         fields = {
@@ -385,6 +413,13 @@ class Daemon:
             },
             "publisher": self.pub.stats(),
             "safety_state": self.safety["state"],
+            "safety_record_failures": self.safety_record.write_failures,
+            "journal": {
+                "recording": self.record.status() if self.record is not None else None,
+                "alarm": self.journal_alarm,
+                "recovered_at_start": [r["run_id"] for r in self.recovered],
+                "refused": counters.get("journal_refused", 0),
+            },
             "run": {
                 "run_id": run.run_id,
                 "state": run.state.value,
@@ -393,22 +428,112 @@ class Daemon:
             },
         }
 
-    def start_run(self, protocol: dict[str, Any]) -> dict[str, Any]:
+    def start_run(
+        self, protocol: dict[str, Any], operator: str = "", reason: str = ""
+    ) -> dict[str, Any]:
+        _check_who(operator, reason)
         if self.runner.state == RunState.RUNNING:
             raise ControlError("busy", f"run {self.runner.run_id} is running")
         try:
             parsed = RunProtocol.from_mapping(protocol)
         except ConfigError as e:
             raise ControlError("bad_arguments", str(e)) from e
-        return {"run_id": self.runner.start(parsed)}
+        run_id = new_run_id(self.runs_dir)
+        meta = {
+            "protocol_name": parsed.name,
+            "species": self.acq.species,
+            "overrides": self.overrides,
+            "operator": operator,
+            # What `opsims replay` builds its pipeline from.
+            "engine": {
+                **self.config.detector.engine_args(),
+                "clock_time_scale": self.config.clock_time_scale,
+            },
+        }
+        try:
+            record = RunRecord(
+                self.runs_dir,
+                run_id,
+                config=self.config.journal,
+                config_path=self.config.path,
+                protocol=protocol,
+                meta=meta,
+            )
+        except (OSError, JournalError) as e:
+            # No run without its record.
+            raise ControlError("journal", f"cannot record run {run_id}: {e}") from e
+        self.record = record
+        self._reset_cubes()
+        self.acq.start_recording(record.writer, fresh_cubes=True)
+        self._record("control", {"command": "start_run", "operator": operator,
+                                 "reason": reason, "protocol": parsed.name})  # fmt: skip
+        return {"run_id": self.runner.start(parsed, run_id)}
 
-    def stop_run(self) -> dict[str, Any]:
-        self.runner.stop()
+    def stop_run(self, operator: str = "", reason: str = "") -> dict[str, Any]:
+        _check_who(operator, reason)
+        self._record("control", {"command": "stop_run", "operator": operator, "reason": reason})
+        self.runner.stop(reason or "stopped by operator")
         return {"run_id": self.runner.run_id}
 
-    def abort(self, reason: str = "aborted by operator") -> dict[str, Any]:
+    def abort(self, reason: str = "aborted by operator", operator: str = "") -> dict[str, Any]:
+        _check_who(operator, reason)
+        self._record("control", {"command": "abort", "operator": operator, "reason": reason})
         self.runner.abort(str(reason))
         return {"run_id": self.runner.run_id}
+
+    # --- the run's record (docs/journal.md) -------------------------------------------
+
+    def _on_run(self, fields: dict[str, Any]) -> None:
+        """A protocol step transition: published, recorded; the run's end closes its
+        record (in the background: the journal syncs what is left)."""
+        self.pub.publish("run", fields)
+        self._record("step", fields)
+        record = self.record
+        if record is None or fields["step"] != -1 or fields["state"] == "started":
+            return
+        # What the live engine built from the journal: `opsims replay` checks against it.
+        digest = self.acq.stop_recording()
+        record.append("note", {"type": "live_digest", "digest": digest})
+        self.record = None
+        self.closing.append(record)
+        end = {k: fields.get(k) for k in ("state", "reason", "detail")}
+        record.close_in_background({"end": end, "live_digest": digest})
+
+    def _record(self, kind: str, fields: dict[str, Any]) -> None:
+        if self.record is not None:
+            self.record.append(kind, fields)
+
+    def _reset_cubes(self) -> None:
+        """A run starts with empty cubes: what its journal replays into."""
+        self.pub.reset_cubes()
+        self.last_counters, self.last_by_species = {}, {}
+        self._status_prev = (time.monotonic(), {})
+
+    def _check_journal(self) -> None:
+        """Once per status: the clock models into the record, and the disk's health. A
+        failing or full disk is an alarm; with ``on_backlog = "stop_run"`` it ends the run
+        (open circuit first)."""
+        record = self.record
+        if record is None:
+            return
+        self._record("clock", self.acq.clock_states())
+        st = record.status()
+        refused = st["refused_appends"]  # the link threads' and the daemon's
+        problem = (
+            st["disk_error"]
+            or st["writer_error"]
+            or (f"{refused} blocks refused (queue full)" if refused else None)
+        )
+        if problem != self.journal_alarm:
+            self.journal_alarm = problem
+            self.pub.publish("journal", {"event": "alarm" if problem else "ok",
+                                         "run_id": record.run_id, "problem": problem,
+                                         "queued_bytes": st["queued_bytes"],
+                                         "refused": refused})  # fmt: skip
+            if problem:
+                log.error("journal %s: %s", record.run_id, problem)
+        if problem and self.config.journal.on_backlog == "stop_run":
+            self.runner.abort(f"the run journal cannot keep up: {problem}", reason="journal")
 
     def reset_interlock(self, operator: str, reason: str) -> dict[str, Any]:
         for name, value in (("operator", operator), ("reason", reason)):
@@ -422,6 +547,8 @@ class Daemon:
             raise ControlError("refused", str(e)) from e
         self.safety_record.audit("reset", operator=operator, reason=reason,
                                  cleared=done["cleared"])  # fmt: skip
+        self._record("control", {"command": "reset_interlock", "operator": operator,
+                                 "reason": reason})  # fmt: skip
         self.safety_record.clear()
         log.warning("safety: interlock reset by %s: %s", operator, reason)
         self._check_safety(operator=operator)
@@ -458,7 +585,9 @@ class Daemon:
             log.critical("safety: ALARM: open circuit not confirmed; still re-sending")
 
     def _publish_safety(self, st: dict[str, Any], operator: str | None = None) -> None:
-        self.pub.publish("safety", topic_fields(st, operator), {"sample": sample_array(st)})
+        fields = topic_fields(st, operator)
+        self.pub.publish("safety", fields, {"sample": sample_array(st)})
+        self._record("safety", fields)
 
     # --- the instrument, for the runner ----------------------------------------------
 
@@ -485,6 +614,19 @@ class Daemon:
             reply = json.loads(s.makefile("rb").readline())
         if not reply.get("ok"):
             raise RuntimeError(f"the simulator refused a new region: {reply}")
+
+
+def _check_who(operator: object, reason: object) -> None:
+    for name, value in (("operator", operator), ("reason", reason)):
+        if not isinstance(value, str):
+            raise ControlError("bad_arguments", f"{name} must be a string")
+
+
+def _summary(run: dict[str, Any]) -> dict[str, Any]:
+    recovery = run.get("recovery") or {}
+    return {"run_id": run["run_id"], "state": run.get("state"),
+            "blocks": recovery.get("blocks"), "frames": recovery.get("frames"),
+            "bytes_cut": recovery.get("bytes_cut"), "error": run.get("recovery_error")}  # fmt: skip
 
 
 def _rss_bytes() -> int | None:

@@ -69,6 +69,7 @@ class Publisher:
         self._refused: Counter[str] = Counter()
         # (species index, z) in the order they first became dirty: oldest goes first.
         self._dirty: OrderedDict[tuple[int, int], None] = OrderedDict()
+        self.cube_epoch = 0
         self._coalesced = 0
 
     # --- any topic ---
@@ -131,8 +132,15 @@ class Publisher:
             "frames_per_slice": int(frames_per_slice),
             "n_slices": int(n_slices),
             "rebins": int(rebins),
+            "epoch": self.cube_epoch,
         }
         return self.publish("cube", {**head, **fields}, {"slice": slice})
+
+    def reset_cubes(self) -> None:
+        """The cubes start over (a new run): slices waiting are dropped, and later cube
+        messages carry the next ``epoch``, so a mirror takes a fresh snapshot."""
+        self.cube_epoch += 1
+        self._dirty.clear()
 
     def mark_dirty(self, species_index: int, z: int) -> None:
         """Note that a slice changed. A slice already waiting is not queued twice: the
@@ -213,7 +221,12 @@ class Publisher:
 
 
 def cube_snapshot(
-    cubes: Mapping[str, Array], *, frames_per_slice: int, n_slices: int, rebins: int
+    cubes: Mapping[str, Array],
+    *,
+    frames_per_slice: int,
+    n_slices: int,
+    rebins: int,
+    epoch: int = 0,
 ) -> tuple[dict[str, Any], dict[str, Array]]:
     """The ``snapshot what="cubes"`` content: species in order, one ``u32 [z, y, x]``
     array per species, and the binning the cube messages also carry."""
@@ -227,6 +240,7 @@ def cube_snapshot(
         "frames_per_slice": int(frames_per_slice),
         "n_slices": int(n_slices),
         "rebins": int(rebins),
+        "epoch": int(epoch),
     }
     return fields, dict(cubes)
 

@@ -115,13 +115,23 @@ class SafetyRecord:
         self.dir.mkdir(parents=True, exist_ok=True)
         self.audit_path = self.dir / "audit.jsonl"
         self.latched_path = self.dir / "latched.json"
+        #: Audit lines or latch files the disk refused (the trip itself holds natively).
+        self.write_failures = 0
 
     def audit(self, event: str, **fields: Any) -> None:
         line = json.dumps({"event": event, "host_ns": time.time_ns(), **fields}, default=str)
-        with open(self.audit_path, "a") as f:
-            f.write(line + "\n")
-            f.flush()
-            os.fsync(f.fileno())
+        try:
+            with open(self.audit_path, "a") as f:
+                f.write(line + "\n")
+                f.flush()
+                os.fsync(f.fileno())
+        except OSError as e:
+            self._failed(f"audit line not written ({line})", e)
+
+    def _failed(self, what: str, e: OSError) -> None:
+        # A full or broken disk must not take the daemon down with it: say it loudly.
+        self.write_failures += 1
+        log.critical("safety record: %s: %s", what, e)
 
     def latched(self) -> dict[str, Any] | None:
         try:
@@ -139,11 +149,14 @@ class SafetyRecord:
         """Persist a trip (written whole, then renamed, so a crash leaves old or new)."""
         doc = {k: state[k] for k in ("reason", "detail", "trip_host_ns", "sample")}
         tmp = self.latched_path.with_suffix(".tmp")
-        with open(tmp, "w") as f:
-            json.dump(doc, f)
-            f.flush()
-            os.fsync(f.fileno())
-        tmp.replace(self.latched_path)
+        try:
+            with open(tmp, "w") as f:
+                json.dump(doc, f)
+                f.flush()
+                os.fsync(f.fileno())
+            tmp.replace(self.latched_path)
+        except OSError as e:
+            self._failed("the trip is not persisted: it will not survive a restart", e)
 
     def clear(self) -> None:
         self.latched_path.unlink(missing_ok=True)
