@@ -33,18 +33,22 @@ latency is sampled uniformly over the record times in the window (every quarter 
 dark flyback and frame gap left out), so p50/p99 are over records at a constant rate.
 "age" is the same for the newest record of each update only (its lower bound).
 
-last measured (2 shared cores, /work/venv editable install, record_truth on as in the default file;
-single 60 s steps, not a full 60 s search):
+last measured (2 shared cores, /work/venv editable install, record_truth on as in the
+default file; the simulator generates on two threads when a call spans several lines):
 
-    python benchmarks/daemon_throughput.py --duration 60 \
-        --start-rate 64e6 --max-rate 64e6 --bisect 0
-      64 M/s set: 11.41 M events/s received, 11.40 M/s binned, 718 384 463 events = sim's,
-      13 517 frames = sim's, nothing dropped, sender lag <= 111 ms: clean;
-      latency record -> cube update p50 157 ms, p99 310 ms (newest-record age p50 21 ms)
-    ... --start-rate 96e6 --max-rate 96e6 --bisect 0
-      96 M/s set: 15.79 M events/s, counters all equal, but the sender lagged 0.31 s: LOSS
-    the short form (--duration 5 --start-rate 32e6 --bisect 3): clean up to 120 M/s set,
-    17.88 M events/s; 128 M/s set (18.19 M/s) lost real time (sender 0.53 s behind).
+    python benchmarks/daemon_throughput.py --duration 60 --start-rate 160e6 --bisect 2
+      160 M/s set: 22.93 M events/s received and binned for 60 s, every event and frame
+      equal to the simulator's, sender lag <= 197 ms: clean; record -> cube update
+      p50 179 ms, p99 416 ms (newest-record age p50 34 ms)
+      320 M/s set: 28.6 M events/s, counters equal, sender 11.5 s behind: LOSS
+      240 M/s set: 29.8 M events/s, sender 0.91 s behind: LOSS
+      200 M/s set: 26.6 M events/s, sender 0.74 s behind: LOSS (an earlier single 60 s
+      step at 200 M/s was clean at 26.62 M events/s: the limit is the simulator's
+      sender sharing the two cores, and it moves with the load)
+    ... --start-rate 160e6 --max-rate 160e6 --bisect 0 --record   (the run journal on)
+      22.97 M events/s clean; the journal took 5784 MB of raw link bytes, compressed
+      1.70x, backlog never above 21.4 MB, nothing refused; p50 174 ms, p99 427 ms
+    (before the simulator's emitter was made faster: 11.41 M events/s clean for 60 s)
 """
 
 from __future__ import annotations
@@ -94,6 +98,8 @@ class Step:
     frames_sim: int = 0
     latency_ms: dict[str, float] = field(default_factory=dict)
     sub_gaps: int = 0
+    #: With --record: the run journal's final status.
+    journal: dict[str, Any] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)
 
     @property
@@ -274,6 +280,8 @@ def _window(
 ) -> None:
     with Control(dm.control, timeout_s=5) as ctl:
         wait_up(ctl)
+        if args.record:
+            ctl.start_run(RECORDED, operator="benchmark")
         time.sleep(args.warmup)  # the clock fit settles; first frames are binned
         c0, w0 = ctl.status()["counters"], time.monotonic()
         t0_ns = time.time_ns()
@@ -291,6 +299,8 @@ def _window(
         step.events_per_s = (c1["events"] - c0["events"]) / step.duration_s
         step.binned_per_s = (c1["binned"] - c0["binned"]) / step.duration_s
         step.drops = {k: int(c1.get(k, 0)) for k in DAEMON_DROPS}
+        if args.record:
+            _journal_check(step, ctl, dm.log_path.parent / "state")
         # Stop the sender, then let the daemon take in what is in flight.
         # SIGTERM, not the control port's `stop` (its reply can race the exit); writing
         # the truth of a long run takes a while.
@@ -306,6 +316,31 @@ def _window(
     step.latency_ms = latency(listener.flushes, geo, t0_ns, t1_ns)
     step.sub_gaps = listener.gaps
     _stop_daemon(dm)
+
+
+#: With --record: a run that only rests, so the journal records the whole window.
+RECORDED = {"name": "throughput", "steps": [{"kind": "rest", "duration_s": 1e6}]}
+
+
+def _journal_check(step: Step, ctl: Control, state_dir: Path) -> None:
+    """The run's journal kept up: nothing refused, no disk error, every read on disk at
+    the close. Keeps its final status (bytes, compression ratio, largest backlog)."""
+    run_id = ctl.status()["run"]["run_id"]
+    ctl.stop_run(operator="benchmark", reason="window over")
+    run_json = state_dir / "runs" / run_id / "run.json"
+    deadline = time.monotonic() + 60
+    info: dict[str, Any] = {}
+    while time.monotonic() < deadline:
+        info = json.loads(run_json.read_text())
+        if info["state"] != "recording":
+            break
+        time.sleep(0.2)
+    final = info.get("journal", {})
+    keys = ("raw_bytes_durable", "stored_bytes_durable", "compression_ratio",
+            "queued_high_water", "frames_durable", "refused_appends", "disk_errors")  # fmt: skip
+    step.journal = {"state": info.get("state"), **{k: final.get(k) for k in keys}}
+    if info.get("state") != "closed" or final.get("refused_appends") or final.get("disk_errors"):
+        step.problems.append(f"journal: {step.journal}")
 
 
 def _sim_status(sim: SimProcess, tries: int = 50) -> dict[str, Any]:
@@ -360,6 +395,11 @@ def row(s: Step) -> str:
     lat = s.latency_ms
     lat_text = f"{lat.get('p50', float('nan')):7.1f} {lat.get('p99', float('nan')):7.1f}"
     verdict = "clean" if s.clean else "LOSS: " + "; ".join(s.problems)
+    j = s.journal
+    if j.get("raw_bytes_durable"):
+        verdict += (f"; journal {j['raw_bytes_durable'] / 1e6:.0f} MB raw, "
+                    f"ratio {j['compression_ratio']:.2f}, "
+                    f"backlog <= {j['queued_high_water'] / 1e6:.1f} MB")  # fmt: skip
     return (f"{s.setting_hz / 1e6:9.2f} {s.events_per_s / 1e6:10.3f} {s.binned_per_s / 1e6:10.3f} "
             f"{s.max_lag_s * 1e3:8.1f} {lat_text} {s.sub_gaps:5d}  {verdict}")  # fmt: skip
 
@@ -408,6 +448,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--bisect", type=int, default=2, help="bisection steps after a loss (2)")
     p.add_argument("--max-lag", type=float, default=0.25,
                    help="longest the simulator's sender may trail real time, s (0.25)")  # fmt: skip
+    p.add_argument("--record", action="store_true",
+                   help="run a resting protocol: the daemon journals the window")  # fmt: skip
     p.add_argument("--json", action="store_true", help="also print the steps as JSON")
     args = p.parse_args(argv)
     steps = search(args)

@@ -19,6 +19,7 @@ import pytest
 from opsims.client import Control, ControlError, Subscriber
 from opsims.wire import Message
 from support.simproc import merge, run_daemon, run_sim, small_raster
+from support.stream import collect, links_up, run_over
 
 ACCELERATION = 100.0
 SIM = merge(
@@ -47,18 +48,6 @@ def external(sim_ports: dict[str, int]) -> dict[str, Any]:
     })  # fmt: skip
 
 
-def collect(sub: Subscriber, until: Any, timeout_s: float) -> list[Message]:
-    got: list[Message] = []
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        msg = sub.recv(0.2)
-        if msg is not None:
-            got.append(msg)
-            if until(msg):
-                return got
-    raise AssertionError(f"timed out; last topics {Counter(m.topic for m in got[-50:])}")
-
-
 def test_a_protocol_through_the_daemon(tmp_path: Path) -> None:
     # This is about the protocol's own depletion stop at 5 V. At 100x the cell climbs from
     # 5 to 10 V in ~10 ms of wall time, faster than the Python loop reacts on a busy
@@ -74,19 +63,11 @@ def test_a_protocol_through_the_daemon(tmp_path: Path) -> None:
         Control(daemon.control) as ctl,
     ):
         time.sleep(0.3)  # the subscription reaches the publisher
-        status = ctl.status()
-        deadline = time.monotonic() + 20
-        while any(s["state"] != "up" for s in status["links"].values()):
-            assert time.monotonic() < deadline, status["links"]
-            time.sleep(0.1)
-            status = ctl.status()
+        links_up(ctl)
         run_id = ctl.start_run(PROTOCOL)["run_id"]
         with pytest.raises(ControlError) as busy:
             ctl.start_run(PROTOCOL)
         assert busy.value.code == "busy"
-
-        def run_over(m: Message) -> bool:
-            return m.topic == "run" and m.fields["step"] == -1 and m.fields["state"] != "started"
 
         messages = collect(sub, run_over, timeout_s=60)
         messages += collect(sub, lambda m: m.topic == "status", timeout_s=5)

@@ -20,6 +20,7 @@ import pytest
 from opsims.client import Control, ControlError, Subscriber
 from opsims.wire import Message
 from support.simproc import SimProcess, merge, run_daemon, run_sim, small_raster
+from support.stream import links_up
 
 ACCELERATION = 100.0
 SIM = merge(
@@ -37,16 +38,6 @@ def external(sim: SimProcess) -> dict[str, Any]:
                   "potentiostat": {"port": sim.ports["potentiostat"]}},
         "sim": {"control_port": sim.ports["control"]},
     })  # fmt: skip
-
-
-def links_up(ctl: Control) -> dict[str, Any]:
-    end = time.monotonic() + 20
-    while True:
-        status = ctl.status()
-        if all(s["state"] == "up" for s in status["links"].values()):
-            return status
-        assert time.monotonic() < end, status["links"]
-        time.sleep(0.1)
 
 
 def until(sub: Subscriber, want: Any, timeout_s: float = 20.0) -> Message:

@@ -233,6 +233,24 @@ def decode_records(
     Raises :class:`RecordFormatError` for an unknown record type code.
     """
 
+class LinkStreamDecoder:
+    """A recorded detector link stream read back as records (docs/journal.md): feed it
+    the bytes as they arrived, in any pieces; each whole frame's records come out
+    decoded from the time base its header carries."""
+
+    def __new__(cls) -> Self: ...
+    def push(self, data: bytes) -> dict[str, Any]:
+        """The records of every frame this piece completes, as :func:`decode_records`
+        gives them (``kind``, ``tick``, ``channel``, ``dtime``, ``marker``), and
+        ``frames``: ``sequence``, ``first_record`` (index into these records),
+        ``overflow_base``, ``sent_tick``, ``record_type`` per frame."""
+    @property
+    def corrupt(self) -> int:
+        """Frames whose checksum failed (dropped)."""
+    @property
+    def bytes_skipped(self) -> int:
+        """Bytes skipped looking for a frame start."""
+
 # --- clock ---
 
 @final

@@ -62,6 +62,11 @@ def main(argv: list[str] | None = None) -> int:
     replay.add_argument("--state-dir", type=Path, help="default: $OPSIMS_STATE_DIR or ./state")
     replay.add_argument("--out", type=Path, help="write the cubes and depth profile to .npz")
     replay.add_argument("--json", action="store_true", help="machine-readable output")
+    exp = sub.add_parser("export", help="a run as NeXus/HDF5 (.nxs) or a cycle graph (.csv)")
+    exp.add_argument("run", help="a run directory, or a run id under STATE_DIR/runs")
+    exp.add_argument("--to", type=Path, required=True, help="FILE.nxs, .h5, .csv or .mpt")
+    exp.add_argument("--state-dir", type=Path, help="default: $OPSIMS_STATE_DIR or ./state")
+    exp.add_argument("--json", action="store_true", help="machine-readable output")
     from opsims.analysis.eis_cli import add_eis_parser
 
     add_eis_parser(sub)
@@ -70,6 +75,8 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.eis_run(args))
     if args.command == "replay":
         return _replay(args)
+    if args.command == "export":
+        return _export(args)
     if args.command == "demo":
         from opsims.demo import main as demo_main
 
@@ -114,6 +121,24 @@ def _replay(args: argparse.Namespace) -> int:
         if problems or summary["journal"].get("torn_tail"):
             print(f"  journal damage: {problems} torn tail {summary['journal'].get('torn_tail')}")
     return 1 if result.identical is False else 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from opsims._native import JournalError
+    from opsims.export import export
+    from opsims.replay import find_run
+
+    try:
+        summary = export(find_run(args.run, args.state_dir), args.to)
+    except (FileNotFoundError, ValueError, JournalError, OSError) as e:
+        print(f"opsims export: {e}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(summary, default=str))
+    else:
+        rest = ", ".join(f"{k} {v}" for k, v in summary.items() if k not in ("run_id", "file"))
+        print(f"run {summary['run_id']} -> {summary['file']}: {rest}")
+    return 0
 
 
 def _status(args: argparse.Namespace) -> int:

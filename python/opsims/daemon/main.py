@@ -462,6 +462,8 @@ class Daemon:
         except (OSError, JournalError) as e:
             # No run without its record.
             raise ControlError("journal", f"cannot record run {run_id}: {e}") from e
+        # What arrived before the run goes out untagged first.
+        self._drain()
         self.record = record
         self._reset_cubes()
         self.acq.start_recording(record.writer, fresh_cubes=True)

@@ -4,8 +4,10 @@
 use std::path::PathBuf;
 
 use numpy::{IntoPyArray, PyArray1, PyArrayMethods, PyReadonlyArray1};
+use opsims_core::link::frame::FrameHeader;
 use opsims_core::link::ptu::{self, ImageMarkers, TagValue};
-use opsims_core::link::tttr::{decode_columns, RecordType};
+use opsims_core::link::stream::{DecodedFrames, StreamDecoder};
+use opsims_core::link::tttr::{decode_columns, RecordColumns, RecordType};
 use opsims_core::CoreError;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict};
@@ -142,8 +144,72 @@ fn decode_records<'py>(
     Ok(d)
 }
 
+/// A recorded detector link stream read back as records (`docs/journal.md`): feed it the
+/// bytes as they arrived, in any pieces; each whole frame's records come out decoded from
+/// the time base its header carries.
+#[pyclass(name = "LinkStreamDecoder", module = "opsims._native")]
+pub struct PyLinkStreamDecoder {
+    inner: StreamDecoder,
+}
+
+#[pymethods]
+impl PyLinkStreamDecoder {
+    #[new]
+    fn new() -> Self {
+        PyLinkStreamDecoder {
+            inner: StreamDecoder::new(),
+        }
+    }
+
+    /// The records of every frame this piece completes, as `decode_records` gives them,
+    /// and ``frames``: ``sequence``, ``first_record`` (index into these records),
+    /// ``overflow_base``, ``sent_tick``, ``record_type`` per frame.
+    fn push<'py>(&mut self, py: Python<'py>, data: &[u8]) -> PyResult<Bound<'py, PyDict>> {
+        let inner = &mut self.inner;
+        let (mut cols, mut frames) = (None, DecodedFrames::default());
+        py.detach(|| inner.push(data, &mut cols, &mut frames))
+            .map_err(to_py)?;
+        let d = PyDict::new(py);
+        let cols = cols.unwrap_or_else(|| RecordColumns::new(RecordType::GenericT2, 0));
+        d.set_item("kind", cols.kind.into_pyarray(py))?;
+        d.set_item("tick", cols.tick.into_pyarray(py))?;
+        d.set_item("channel", cols.channel.into_pyarray(py))?;
+        d.set_item("dtime", cols.dtime.into_pyarray(py))?;
+        d.set_item("marker", cols.marker.into_pyarray(py))?;
+        let f = PyDict::new(py);
+        let column =
+            |get: fn(&FrameHeader) -> u64| -> Vec<u64> { frames.headers.iter().map(get).collect() };
+        f.set_item("sequence", column(|h| h.sequence).into_pyarray(py))?;
+        f.set_item(
+            "overflow_base",
+            column(|h| h.overflow_base).into_pyarray(py),
+        )?;
+        f.set_item("sent_tick", column(|h| h.sent_tick).into_pyarray(py))?;
+        f.set_item(
+            "record_type",
+            column(|h| u64::from(h.record_type)).into_pyarray(py),
+        )?;
+        f.set_item("first_record", frames.first_record.into_pyarray(py))?;
+        d.set_item("frames", f)?;
+        Ok(d)
+    }
+
+    /// Frames whose checksum failed (dropped).
+    #[getter]
+    fn corrupt(&self) -> u64 {
+        self.inner.corrupt
+    }
+
+    /// Bytes skipped looking for a frame start.
+    #[getter]
+    fn bytes_skipped(&self) -> u64 {
+        self.inner.bytes_skipped()
+    }
+}
+
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyPtuFile>()?;
+    m.add_class::<PyLinkStreamDecoder>()?;
     m.add_function(wrap_pyfunction!(read_ptu, m)?)?;
     m.add_function(wrap_pyfunction!(decode_records, m)?)?;
     Ok(())

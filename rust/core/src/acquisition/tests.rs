@@ -652,6 +652,20 @@ fn engine_config() -> EngineConfig {
     }
 }
 
+/// A detector link only, to `localhost:port`, with `engine_config()`.
+fn detector_config(port: u16) -> AcquisitionConfig {
+    AcquisitionConfig {
+        detector: Some(DetectorLinkConfig {
+            address: LinkAddress {
+                host: "localhost".into(),
+                port,
+            },
+            engine: engine_config(),
+        }),
+        ..AcquisitionConfig::default()
+    }
+}
+
 fn detector_frame(sequence: u64) -> Vec<u8> {
     let h = FrameHeader {
         sequence,
@@ -670,17 +684,10 @@ fn detector_frame(sequence: u64) -> Vec<u8> {
 fn the_detector_link_feeds_the_engine_across_reconnects() {
     let (l, port) = listener();
     let cfg = AcquisitionConfig {
-        detector: Some(DetectorLinkConfig {
-            address: LinkAddress {
-                host: "localhost".into(),
-                port,
-            },
-            engine: engine_config(),
-        }),
         reconnect_initial_s: 0.02,
         reconnect_max_s: 0.2,
         clock_time_scale: 4.0,
-        ..AcquisitionConfig::default()
+        ..detector_config(port)
     };
     let acq = Acquisition::start(cfg, Box::new(NoCheck)).unwrap();
     assert!(matches!(
@@ -753,16 +760,7 @@ fn emitter() -> crate::sim::Emitter {
 #[test]
 fn a_recording_replayed_into_a_new_engine_rebuilds_its_cubes_and_counters() {
     let (l, port) = listener();
-    let cfg = AcquisitionConfig {
-        detector: Some(DetectorLinkConfig {
-            address: LinkAddress {
-                host: "localhost".into(),
-                port,
-            },
-            engine: engine_config(),
-        }),
-        ..AcquisitionConfig::default()
-    };
+    let cfg = detector_config(port);
     let acq = Acquisition::start(cfg, Box::new(NoCheck)).unwrap();
     let mut s = accept(&l);
     let mut em = emitter();

@@ -7,4 +7,5 @@ pub mod encode;
 pub mod frame;
 pub mod potentiostat;
 pub mod ptu;
+pub mod stream;
 pub mod tttr;

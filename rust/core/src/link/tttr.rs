@@ -462,6 +462,27 @@ impl RecordSink for RecordColumns {
     }
 }
 
+impl RecordColumns {
+    /// Empty columns for `kind`, to be filled by [`Decoder::feed`] from `base`.
+    pub fn new(kind: RecordType, base: u64) -> Self {
+        RecordColumns::with_capacity(0, base, kind.overflow_rule().period)
+    }
+
+    /// Records decoded so far.
+    pub fn len(&self) -> usize {
+        self.kind.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.kind.is_empty()
+    }
+
+    /// The time base the next records continue from (a frame header's overflow base).
+    pub fn rebase(&mut self, base: u64) {
+        self.base = base;
+    }
+}
+
 /// Decodes `records` from a zero time base into columns (for file analysis and tests).
 pub fn decode_columns(kind: RecordType, records: &[u32]) -> RecordColumns {
     let mut cols = RecordColumns::with_capacity(records.len(), 0, kind.overflow_rule().period);

@@ -12,6 +12,18 @@ use super::line::{
 use super::EmitterConfig;
 use crate::raster::{FrameMarkerAt, MarkerMasks, Switching};
 
+/// One line period's place in the raster and where its parts begin: line start, first
+/// pixel, line stop, next line start.
+#[derive(Debug, Clone, Copy)]
+struct Period {
+    frame: u64,
+    y: u32,
+    t0: u64,
+    pix0: u64,
+    stop: u64,
+    t_next: u64,
+}
+
 #[derive(Debug)]
 pub(super) struct Generator {
     masks: MarkerMasks,
@@ -151,11 +163,18 @@ impl Generator {
         if y == 0 {
             self.frame_start = t0;
         }
-        let (pix0, stop) = (t0 + self.line_settle, t0 + self.line_settle + span);
-        self.line_markers(&mut line.markers, frame, y, t0, pix0, stop, t_next);
+        let period = Period {
+            frame,
+            y,
+            t0,
+            pix0: t0 + self.line_settle,
+            stop: t0 + self.line_settle + span,
+            t_next,
+        };
+        self.line_markers(&mut line.markers, period);
         line.markers.push(END);
         line.mpos = 0;
-        self.line_events(line, frame, y, t0, pix0, stop, t_next);
+        self.line_events(line, period);
         (line.frame, line.y) = (frame, y);
         line.z = (frame / self.frames_per_slice) as usize;
         self.next_at = if last_line {
@@ -167,17 +186,15 @@ impl Generator {
         true
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn line_markers(
-        &mut self,
-        mk: &mut Vec<Entry>,
-        frame: u64,
-        y: u32,
-        t0: u64,
-        pix0: u64,
-        stop: u64,
-        t_next: u64,
-    ) {
+    fn line_markers(&mut self, mk: &mut Vec<Entry>, p: Period) {
+        let Period {
+            frame,
+            y,
+            t0,
+            pix0,
+            stop,
+            t_next,
+        } = p;
         let m = self.masks;
         mk.clear();
         let mut first = std::mem::take(&mut self.carry) | m.line_start;
@@ -208,17 +225,15 @@ impl Generator {
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn line_events(
-        &mut self,
-        line: &mut Line,
-        frame: u64,
-        y: u32,
-        t0: u64,
-        pix0: u64,
-        stop: u64,
-        t_next: u64,
-    ) {
+    fn line_events(&mut self, line: &mut Line, period: Period) {
+        let Period {
+            frame,
+            y,
+            t0,
+            pix0,
+            stop,
+            t_next,
+        } = period;
         let (nx, dwell) = (self.nx, self.dwell);
         let plane = self.ny as usize * nx as usize;
         let row = y as usize * nx as usize;
