@@ -26,6 +26,7 @@ __all__ = [
     "JournalFullError",
     "JournalReader",
     "JournalWriter",
+    "LinkStreamDecoder",
     "OpsimsError",
     "PtuError",
     "PtuFile",
@@ -233,6 +234,7 @@ def decode_records(
     Raises :class:`RecordFormatError` for an unknown record type code.
     """
 
+@final
 class LinkStreamDecoder:
     """A recorded detector link stream read back as records (docs/journal.md): feed it
     the bytes as they arrived, in any pieces; each whole frame's records come out
