@@ -1,6 +1,7 @@
 """The README's main command, shortened: `opsims demo` starts opsimsd (which starts the
 simulator), runs a protocol through the control socket and watches the stream; it exits
-0 only if the run completed and the published counters balance."""
+0 only if the run completed, the published counters balance and the run's journal
+replays into the daemon's cubes."""
 
 from __future__ import annotations
 
@@ -46,4 +47,6 @@ def test_demo_runs_an_experiment_through_the_daemon(tmp_path: Path) -> None:
     ), out[-3000:]
     assert "Na+ ion map" in out and "depth profile" in out
     assert "counters balance" in out
+    # The run was recorded, and its journal replays into the daemon's cubes.
+    assert re.search(r"recorded: \d+ MB of journal .* its cubes are identical", out), out[-2000:]
     assert "open circuit confirmed" in done.stderr

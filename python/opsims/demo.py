@@ -65,7 +65,9 @@ def main(config: Path, protocol: Path, acceleration: float) -> int:
         verdict = "balance" if balanced else "DO NOT balance"
         print(f"\n  run {live.run.get('state')}: {live.run.get('detail')}; "
               f"{c['events']:,} events, counters {verdict}")  # fmt: skip
-        return 0 if balanced and live.run.get("reason") in ("complete", "safety") else 1
+        identical = _replayed(Path(state) / "runs" / run_id)
+        ended = live.run.get("reason") in ("complete", "safety")
+        return 0 if balanced and ended and identical else 1
     except KeyboardInterrupt:
         return 130
     finally:
@@ -74,6 +76,24 @@ def main(config: Path, protocol: Path, acceleration: float) -> int:
         if daemon.stdout is not None:
             daemon.stdout.close()
         shutil.rmtree(state, ignore_errors=True)
+
+
+def _replayed(run_dir: Path) -> bool:
+    """The run's journal, read back into a new pipeline: the same cubes as the daemon's?"""
+    from opsims.replay import replay, run_info
+
+    deadline = time.monotonic() + 30
+    while run_info(run_dir)["state"] == "recording":  # the journal is still being closed
+        if time.monotonic() > deadline:
+            print("  the run's journal did not close within 30 s")
+            return False
+        time.sleep(0.2)
+    result = replay(run_dir)
+    size = sum(f.stat().st_size for f in (run_dir / "journal").iterdir())
+    verdict = "identical to the daemon's" if result.identical else "NOT the daemon's"
+    print(f"  recorded: {size / 1e6:.0f} MB of journal ({result.bytes / 1e6:.0f} MB of detector "
+          f"link, {result.samples} samples); replayed, its cubes are {verdict}")  # fmt: skip
+    return bool(result.identical)
 
 
 def _reset(ctl: Control) -> dict[str, object]:
