@@ -67,12 +67,16 @@ def main(argv: list[str] | None = None) -> int:
     exp.add_argument("--to", type=Path, required=True, help="FILE.nxs, .h5, .csv or .mpt")
     exp.add_argument("--state-dir", type=Path, help="default: $OPSIMS_STATE_DIR or ./state")
     exp.add_argument("--json", action="store_true", help="machine-readable output")
+    from opsims.analysis.cycle_cli import add_cycle_parsers
     from opsims.analysis.eis_cli import add_eis_parser
 
     add_eis_parser(sub)
+    add_cycle_parsers(sub)
     args = parser.parse_args(argv)
     if args.command == "eis":
         return int(args.eis_run(args))
+    if args.command in ("cycle", "ccd"):
+        return int(args.cycle_run(args))
     if args.command == "replay":
         return _replay(args)
     if args.command == "export":

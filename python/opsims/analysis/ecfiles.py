@@ -12,13 +12,18 @@ CSV: three columns ``freq, Re(Z), Im(Z)`` (Ω, Im negative for capacitive arcs) 
 header, as written by common fitting tools; a header row naming the columns (``-Im`` for
 the negated imaginary part) and ``;`` separators with decimal commas are accepted too.
 
+Cycle graphs (chronopotentiometry): ``read_chrono_mpt`` and ``read_chrono_csv`` read
+time, Ewe and I (with their units) and EC-Lab's ``Ns`` / ``cycle number`` columns, with
+the same code page, decimal-comma and header handling (docs/cycle-analysis.md).
+
 Every malformed input raises :class:`EcFileError` naming the file, line and column.
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from collections.abc import Iterable
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -173,8 +178,8 @@ def _number(p: Path, line: int, column: str, text: str) -> tuple[float, bool]:
     raise EcFileError(p, line, column, f"expected a number, got {shown!r}")
 
 
-def _parse_mpt(p: Path, text: str, encoding: str) -> list[Spectrum]:
-    lines = text.splitlines()
+def _mpt_header(p: Path, lines: list[str]) -> tuple[int, list[str]]:
+    """The header length (the column-name line included) and the column names."""
     if not lines:
         raise EcFileError(p, None, None, "empty file")
     if lines[0].strip().startswith(MPT_MAGIC):
@@ -190,7 +195,12 @@ def _parse_mpt(p: Path, text: str, encoding: str) -> list[Spectrum]:
             )
     else:
         n_header = 1  # an export without the header block: the first line names columns
-    names = [c.strip() for c in lines[n_header - 1].rstrip("\t").split("\t")]
+    return n_header, [c.strip() for c in lines[n_header - 1].rstrip("\t").split("\t")]
+
+
+def _parse_mpt(p: Path, text: str, encoding: str) -> list[Spectrum]:
+    lines = text.splitlines()
+    n_header, names = _mpt_header(p, lines)
     header, limits = _header_fields(lines[: n_header - 1])
     col: dict[str, int] = {}
     for key, options in _COLUMNS.items():
@@ -354,3 +364,138 @@ def _looks_numeric(s: str) -> bool:
     except ValueError:
         return False
     return True
+
+
+# -- chronopotentiometry: cycle graphs ---------------------------------------------------
+#: Column names (compared without case or spaces) and the factor to SI units.
+CHRONO_TIME = {"time/s": 1.0, "t/s": 1.0, "time/min": 60.0, "time/h": 3600.0}
+CHRONO_EWE = {"ewe/v": 1.0, "<ewe>/v": 1.0, "ewe/mv": 1e-3, "<ewe>/mv": 1e-3, "e/v": 1.0}
+CHRONO_CURRENT = {
+    "i/a": 1.0,
+    "<i>/a": 1.0,
+    "i/ma": 1e-3,
+    "<i>/ma": 1e-3,
+    "i/µa": 1e-6,
+    "<i>/µa": 1e-6,
+    "i/ua": 1e-6,
+    "i/na": 1e-9,
+}
+#: Integer columns kept when present: EC-Lab's sequence and cycle numbers, the protocol
+#: step of an ``opsims export``, a region number.
+CHRONO_LABELS = {"ns": "ns", "cycle number": "cycle", "step": "step", "region": "region"}
+
+
+@dataclass(frozen=True)
+class ChronoData:
+    """A galvanostatic record (cycle graph): time (s), Ewe (V), I (A, EC-Lab sign:
+    negative while plating onto the working electrode) per point, and the integer
+    columns of ``CHRONO_LABELS`` the file has (``ns``, ``cycle``, ``step``, ``region``)."""
+
+    time_s: F64
+    ewe_v: F64
+    current_a: F64
+    meta: SpectrumMeta
+    labels: dict[str, npt.NDArray[np.int64]] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return int(self.time_s.size)
+
+
+def read_chrono_mpt(path: str | Path) -> ChronoData:
+    """A chronopotentiometry text export of EC-Lab (``time/s``, ``Ewe/V`` or ``<Ewe>/V``,
+    ``I/mA``; ``Ns`` and ``cycle number`` when present)."""
+    p = Path(path)
+    text, encoding = _decode(_read_bytes(p))
+    lines = text.splitlines()
+    n_header, names = _mpt_header(p, lines)
+    header, limits = _header_fields(lines[: n_header - 1])
+    rows = (
+        (k + 1, lines[k].rstrip("\t").split("\t"))
+        for k in range(n_header, len(lines))
+        if lines[k].strip()
+    )
+    meta = SpectrumMeta(
+        source=str(p), format="mpt", encoding=encoding, header=header, safety_limits=limits
+    )
+    return chrono_table(p, names, n_header, rows, meta)
+
+
+def read_chrono_csv(path: str | Path) -> ChronoData:
+    """A cycle graph as CSV: a header row naming the columns with their units
+    (``time/s``, ``Ewe/V``, ``I/mA`` or ``I/A``; ``Ns``, ``cycle number``, ``step``,
+    ``region`` when present), ``,`` ``;`` or tab separated; ``#`` lines are comments."""
+    p = Path(path)
+    text, encoding = _decode(_read_bytes(p))
+    lines = [(k + 1, ln) for k, ln in enumerate(text.splitlines())]
+    lines = [(k, ln) for k, ln in lines if ln.strip() and not ln.lstrip().startswith("#")]
+    if not lines:
+        raise EcFileError(p, None, None, "empty file")
+    names_line, first = lines[0]
+    delim = ";" if ";" in first else "\t" if "\t" in first else ","
+    names = [c.strip() for c in first.split(delim)]
+    rows = ((k, ln.split(delim)) for k, ln in lines[1:])
+    meta = SpectrumMeta(source=str(p), format="csv", encoding=encoding)
+    return chrono_table(p, names, names_line, rows, meta)
+
+
+def _find(names: list[str], units: dict[str, float]) -> tuple[int, float] | None:
+    keys = [n.replace(" ", "").lower() for n in names]
+    for want, factor in units.items():
+        if want in keys:
+            return keys.index(want), factor
+    return None
+
+
+def chrono_table(
+    p: Path,
+    names: list[str],
+    names_line: int,
+    rows: Iterable[tuple[int, list[str]]],
+    meta: SpectrumMeta,
+) -> ChronoData:
+    """Columns found by name in split rows ``(line number, fields)``; every bad field
+    raises :class:`EcFileError` with its line and column."""
+    wanted = _chrono_columns(p, names, names_line)
+    data: list[list[float]] = []
+    comma = False
+    for line_no, fields in rows:
+        row = []
+        for idx, factor in wanted.values():
+            if idx >= len(fields):
+                message = f"row has {len(fields)} fields, the header {len(names)}"
+                raise EcFileError(p, line_no, names[idx], message)
+            v, used_comma = _number(p, line_no, names[idx], fields[idx])
+            comma |= used_comma
+            if not np.isfinite(v):
+                raise EcFileError(p, line_no, names[idx], f"non-finite value {v}")
+            row.append(v * factor)
+        if data and row[0] < data[-1][0]:
+            message = f"time goes back: {row[0]:g} s after {data[-1][0]:g} s"
+            raise EcFileError(p, line_no, names[wanted["time"][0]], message)
+        data.append(row)
+    if not data:
+        raise EcFileError(p, None, None, "no data rows after the header")
+    d = np.asarray(data, dtype=np.float64)
+    cols = {key: d[:, k] for k, key in enumerate(wanted)}
+    labels = {k: np.rint(v).astype(np.int64) for k, v in cols.items() if k in _LABEL_KEYS}
+    meta = replace(meta, decimal_comma=comma, columns=tuple(names))
+    return ChronoData(cols["time"], cols["ewe"], cols["current"], meta, labels)
+
+
+_LABEL_KEYS = frozenset(CHRONO_LABELS.values())
+
+
+def _chrono_columns(p: Path, names: list[str], line: int) -> dict[str, tuple[int, float]]:
+    """Key -> (column index, factor to SI): time, Ewe and I first, then the labels."""
+    wanted: dict[str, tuple[int, float]] = {}
+    for key, units in (("time", CHRONO_TIME), ("ewe", CHRONO_EWE), ("current", CHRONO_CURRENT)):
+        found = _find(names, units)
+        if found is None:
+            shown = {"time": "time/s", "ewe": "Ewe/V", "current": "I/mA"}[key]
+            raise EcFileError(p, line, shown, f"column not found among {names}")
+        wanted[key] = found
+    lowered = [n.strip().lower() for n in names]
+    for name, key in CHRONO_LABELS.items():
+        if name in lowered:
+            wanted[key] = (lowered.index(name), 1.0)
+    return wanted
