@@ -211,6 +211,8 @@ def _write_cubes(
 
 def _write_electrochemistry(entry: Any, samples: npt.NDArray[Any], info: dict[str, Any]) -> None:
     ec = _group(entry, "electrochemistry", "NXdata", signal="ewe_v", axes=["time"])
+    # The simulator's acceleration: instrument seconds per host second (1 on hardware).
+    ec.attrs["time_scale"] = float(info["engine"].get("clock_time_scale", 1.0))
     start = info.get("started_ns") or (int(samples["host_ns"][0]) if len(samples) else 0)
     t = (samples["host_ns"].astype(np.int64) - int(start)) * 1e-9
     for name, values, units in (
@@ -244,7 +246,8 @@ def export_cycle_text(run_dir: Path, path: Path) -> dict[str, Any]:
     records = read_records(run_dir)
     s = records.samples
     start = info.get("started_ns") or (int(s["host_ns"][0]) if len(s) else 0)
-    t = (s["host_ns"].astype(np.int64) - int(start)) * 1e-9
+    scale = float(info["engine"].get("clock_time_scale", 1.0))
+    t = (s["host_ns"].astype(np.int64) - int(start)) * 1e-9 * scale
     step = _step_of(s["host_ns"], records.logs.get("step", []))
     header = [
         "EC-Lab ASCII FILE",

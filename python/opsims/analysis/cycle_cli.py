@@ -32,7 +32,14 @@ def add_cycle_parsers(sub: Any) -> None:
         "step on re-plating, with the numbers each decision used. See "
         "docs/cycle-analysis.md.",
     )
-    cyc.add_argument("input", help=INPUT_HELP)
+    cyc.add_argument("input", nargs="?", help=INPUT_HELP + " (not with --live)")
+    cyc.add_argument(
+        "--live",
+        action="store_true",
+        help="wait for the next run opsimsd publishes and judge it when it ends",
+    )
+    cyc.add_argument("--publish", default="tcp://127.0.0.1:7410", help="with --live")
+    cyc.add_argument("--timeout", type=float, help="with --live: give up after this many s")
     cyc.add_argument("--region", type=int, help="only this region")
     cyc.add_argument(
         "--plot",
@@ -87,9 +94,16 @@ def run_cycle(args: argparse.Namespace) -> int:
     if not args.area_um2 > 0:
         return _fail("cycle", "--area-um2 must be > 0")
     criteria = Criteria()
+    if (args.input is None) == (not args.live):
+        return _fail("cycle", "give an INPUT or --live (not both)")
     try:
-        series = _load(args.input, args.state_dir)
-    except (FileNotFoundError, ValueError, OSError) as e:
+        if args.live:
+            from opsims.analysis.live import live_run
+
+            series = live_run(args.publish, timeout_s=args.timeout)
+        else:
+            series = _load(args.input, args.state_dir)
+    except (FileNotFoundError, ValueError, OSError, TimeoutError) as e:
         return _fail("cycle", e)
     reports = classify_series(series, criteria, args.area_um2)
     if args.region is not None:

@@ -179,9 +179,11 @@ def load_run(run_dir: Path) -> CyclingSeries:
     start = int(info.get("started_ns") or host_ns[0])
     spans = step_spans(records.logs.get("step", []), str(run_dir / "journal"))
     meta = {"run_id": info.get("run_id"), "protocol": info.get("protocol_name")}
-    return _with_steps(
-        str(run_dir), "run", host_ns, start, s["ewe_v"][order], s["current_a"][order], spans, meta
-    )
+    scale = float(info.get("engine", {}).get("clock_time_scale", 1.0))
+    return with_steps(
+        str(run_dir), "run", host_ns, start, s["ewe_v"][order], s["current_a"][order], spans,
+        meta, scale,
+    )  # fmt: skip
 
 
 def load_nexus(path: Path) -> CyclingSeries:
@@ -193,6 +195,7 @@ def load_nexus(path: Path) -> CyclingSeries:
             cols = {k: _dataset(f, path, f"{NEXUS_EC}/{k}") for k in NEXUS_COLUMNS}
             raw = f[NEXUS_STEPS][()] if NEXUS_STEPS in f else []
             run_id = f["/entry/run_id"][()] if "/entry/run_id" in f else b""
+            scale = float(f[NEXUS_EC].attrs.get("time_scale", 1.0))
     except OSError as e:
         raise EcFileError(path, None, None, f"not a readable HDF5 file: {e}") from e
     host_ns = cols["host_ns"].astype(np.int64)
@@ -202,8 +205,8 @@ def load_nexus(path: Path) -> CyclingSeries:
     start = int(host_ns[0] - round(float(cols["time"][0]) * 1e9))
     spans = step_spans(_json_lines(path, raw), f"{path}:{NEXUS_STEPS}")
     meta = {"run_id": run_id.decode() if isinstance(run_id, bytes) else str(run_id)}
-    return _with_steps(
-        str(path), "nexus", host_ns, start, cols["ewe_v"], cols["current_a"], spans, meta
+    return with_steps(
+        str(path), "nexus", host_ns, start, cols["ewe_v"], cols["current_a"], spans, meta, scale
     )
 
 
@@ -290,7 +293,7 @@ def step_spans(docs: list[dict[str, Any]], where: str) -> list[StepSpan]:
     return spans
 
 
-def _with_steps(
+def with_steps(
     source: str,
     fmt: str,
     host_ns: I64,
@@ -299,8 +302,10 @@ def _with_steps(
     current_a: npt.ArrayLike,
     spans: list[StepSpan],
     meta: dict[str, Any],
+    time_scale: float = 1.0,
 ) -> CyclingSeries:
-    """Samples mapped to protocol steps and regions by host time."""
+    """Samples mapped to protocol steps and regions by host time; the series' time is the
+    instrument's (host seconds x ``time_scale``, the simulator's acceleration)."""
     step = np.full(host_ns.size, -1, dtype=np.int64)
     for sp in spans:
         lo, hi = np.searchsorted(host_ns, [sp.start_ns, sp.end_ns], side="left")
@@ -309,7 +314,7 @@ def _with_steps(
     region = np.searchsorted([sp.start_ns for sp in fresh], host_ns, side="right").astype(np.int64)
     by_step = {sp.step: sp for sp in spans}
     names = {n + 1: sp.label for n, sp in enumerate(fresh)}
-    t = (host_ns - start_ns).astype(np.float64) * 1e-9
+    t = (host_ns - start_ns).astype(np.float64) * 1e-9 * time_scale
     return build_series(
         source,
         fmt,

@@ -28,7 +28,22 @@ def add_eis_parser(sub: Any) -> None:
         "effective capacitance of each R||CPE arc, assign the arcs to processes by "
         "capacitance and frequency order, and compute sigma_GB. See docs/eis-analysis.md.",
     )
-    fit.add_argument("file", type=Path, help="EC-Lab text export (.mpt) or CSV (f, Re, Im)")
+    fit.add_argument(
+        "file",
+        type=Path,
+        nargs="?",
+        help="EC-Lab text export (.mpt), CSV (f, Re, Im), an opsimsd run directory or run "
+        "id, or its NeXus export (.nxs); not with --live",
+    )
+    fit.add_argument(
+        "--live",
+        action="store_true",
+        help="fit each impedance sweep opsimsd publishes as it completes",
+    )
+    fit.add_argument("--publish", default="tcp://127.0.0.1:7410", help="with --live")
+    fit.add_argument("--sweeps", type=int, default=1, help="with --live: how many (default 1)")
+    fit.add_argument("--timeout", type=float, help="with --live: give up after this many s")
+    fit.add_argument("--state-dir", type=Path, help="for a run id: default $OPSIMS_STATE_DIR")
     fit.add_argument(
         "--circuit", default=DEFAULT_CIRCUIT, help=f"circuit string (default {DEFAULT_CIRCUIT})"
     )
@@ -63,6 +78,30 @@ def add_eis_parser(sub: Any) -> None:
     fit.set_defaults(eis_run=run_fit)
 
 
+def _spectra(args: argparse.Namespace, read_file: Any) -> list[Any]:
+    from opsims.analysis.live import is_recorded, live_sweeps, read_recorded_spectra
+
+    if args.live:
+        got = []
+        for spectrum in live_sweeps(args.publish, timeout_s=args.timeout):
+            got.append(spectrum)
+            if len(got) >= args.sweeps:
+                return got
+        raise ValueError(f"{len(got)} of {args.sweeps} sweeps within {args.timeout} s")
+    if is_recorded(args.file):
+        from opsims._native import JournalError
+
+        try:
+            spectra: list[Any] = read_recorded_spectra(args.file, args.state_dir)
+        except (JournalError, FileNotFoundError, KeyError) as e:
+            raise ValueError(f"{args.file}: {e}") from e
+        if not spectra:
+            raise ValueError(f"{args.file}: no impedance sweep recorded")
+        return spectra
+    result: list[Any] = read_file(args.file)
+    return result
+
+
 def run_fit(args: argparse.Namespace) -> int:
     from opsims.analysis.assignment import BY_KEY
     from opsims.analysis.capacitance import FORMULA
@@ -71,8 +110,11 @@ def run_fit(args: argparse.Namespace) -> int:
     from opsims.analysis.eis_fit import FitError
     from opsims.analysis.eis_report import SCHEMA, analyse_spectrum, format_report, format_table
 
+    if (args.file is None) == (not args.live):
+        print("opsims eis fit: give a FILE or --live (not both)", file=sys.stderr)
+        return 2
     try:
-        spectra = read_spectra(args.file)
+        spectra = _spectra(args, read_spectra)
         if args.cycle is not None:
             cycles = [s.meta.cycle for s in spectra]
             spectra = [s for s in spectra if s.meta.cycle == args.cycle]

@@ -272,6 +272,7 @@ class Daemon:
                 {
                     "run_id": run.run_id if run.state == RunState.RUNNING else None,
                     "step": run.index if run.state == RunState.RUNNING else None,
+                    "time_scale": self.config.clock_time_scale,
                 },
                 {"samples": samples},
             )
