@@ -15,7 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from opsims.analysis.classify import RegionReport, json_safe
+from opsims.analysis.classify import RegionReport
+from opsims.analysis.jsonable import json_safe
 
 SCHEMA = "opsims.ccd/1"
 #: The paper's probe tip (Methods: "tip area of 1 µm²"), so J = I / 1 µm².

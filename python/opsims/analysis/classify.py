@@ -36,6 +36,7 @@ from opsims.analysis.cycling import (
     spacing,
     span,
 )
+from opsims.analysis.jsonable import json_safe
 
 F64 = npt.NDArray[np.float64]
 SCHEMA = "opsims.cycle/1"
@@ -454,20 +455,6 @@ def judge_strip(t: F64, v: F64, i: F64, c: Criteria, plated_c: float) -> StripRe
         plated_charge_c=plated,
         stripped_fraction=None if plated is None else q / plated,
     )
-
-
-# -- JSON -----------------------------------------------------------------------------------
-
-
-def json_safe(obj: Any) -> Any:
-    """The same structure with every non-finite float as None (JSON has no NaN/inf)."""
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {k: json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [json_safe(v) for v in obj]
-    return obj
 
 
 def _region_dict(r: RegionReport) -> dict[str, Any]:

@@ -24,6 +24,7 @@ from opsims.analysis.capacitance import FORMULA, Arc, fitted_arcs
 from opsims.analysis.circuits import Circuit, series_elements
 from opsims.analysis.ecfiles import Spectrum
 from opsims.analysis.eis_fit import DEFAULT_CIRCUIT, FitResult, Weighting, fit_circuit
+from opsims.analysis.jsonable import json_safe
 from opsims.analysis.kk import KKResult, kk_check
 
 SCHEMA = "opsims.eis-fit/1"
@@ -142,17 +143,6 @@ class EisReport:
             },
             "warnings": list(self.warnings),
         }
-
-
-def json_safe(obj: Any) -> Any:
-    """The same structure with every non-finite float as None (JSON has no NaN/inf)."""
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {k: json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [json_safe(v) for v in obj]
-    return obj
 
 
 def _num(x: float) -> float | None:
