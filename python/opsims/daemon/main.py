@@ -577,9 +577,11 @@ class Daemon:
             fields = {k: st[k] for k in ("reason", "detail", "trip_host_ns", "sample",
                                          "open_circuit_written", "restored")}  # fmt: skip
             self.safety_record.audit("restored" if st["restored"] else "trip", **fields)
-            if st["reason"] != "shutdown":  # an orderly stop is no fault to latch
+            if st["reason"] == "shutdown":  # an orderly stop: no fault to latch or shout
+                log.info("safety: interlock tripped for the shutdown: %s", st["detail"])
+            else:
                 self.safety_record.latch(st)
-            log.error("safety: interlock TRIPPED (%s): %s", st["reason"], st["detail"])
+                log.error("safety: interlock TRIPPED (%s): %s", st["reason"], st["detail"])
             if getattr(self, "runner", None) is not None:
                 self.runner.abort(f"safety interlock: {st['detail']}", reason="safety")
         if st["state"] == "alarm" and (old is None or old[2] != st["alarm_host_ns"]):
