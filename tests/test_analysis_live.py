@@ -61,7 +61,11 @@ def test_live_analyses_agree_with_the_recorded_run(tmp_path: Path) -> None:
             live = ["--publish", daemon.publish, "--timeout", "120"]
             cycle = opsims("cycle", "--live", *live)
             eis = opsims("eis", "fit", "--live", "--sweeps", "1", *live)
-            time.sleep(3.0)  # both have imported their libraries and subscribed
+            for proc in (cycle, eis):
+                assert proc.stderr is not None
+                line = proc.stderr.readline()  # once subscribed
+                assert "listening on" in line, line + proc.stderr.read()[-2000:]
+            time.sleep(0.5)  # the subscriptions reach the publisher
             run_id = ctl.start_run(PROTOCOL)["run_id"]
             live_cycle, live_eis = result(cycle), result(eis)
             assert daemon.stop() == 0

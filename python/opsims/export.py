@@ -22,13 +22,8 @@ import numpy as np
 import numpy.typing as npt
 
 from opsims._native import JournalReader, LinkStreamDecoder
-from opsims.replay import RUN_FILE, replay, run_info
+from opsims.replay import JOURNAL_SAMPLE_DTYPE, RUN_FILE, replay, run_info
 
-#: A journal's potentiostat block (docs/journal.md).
-SAMPLE_DTYPE = np.dtype(
-    [("host_ns", "<i8"), ("arrival_ns", "<i8"), ("tick", "<u8"), ("ewe_v", "<f8"),
-     ("current_a", "<f8"), ("mode", "u1"), ("flags", "u1")]
-)  # fmt: skip
 #: Record kinds of ``decode_records`` / ``LinkStreamDecoder``.
 EVENT, MARKER = 0, 1
 EIS_FIELDS = ("index", "n_points", "freq_hz", "z_re_ohm", "z_im_ohm", "tick", "event_ns")
@@ -45,7 +40,7 @@ class RunRecords:
 
 def read_records(run_dir: Path) -> RunRecords:
     samples: list[bytes] = []
-    out = RunRecords(np.zeros(0, SAMPLE_DTYPE))
+    out = RunRecords(np.zeros(0, JOURNAL_SAMPLE_DTYPE))
     for kind, _seq, host_ns, payload in JournalReader(run_dir / "journal").blocks():
         if kind == "potentiostat":
             samples.append(payload)
@@ -55,7 +50,7 @@ def read_records(run_dir: Path) -> RunRecords:
                 out.eis.append(doc)
             else:
                 out.logs.setdefault(kind, []).append({"journal_ns": host_ns, **doc})
-    out.samples = np.frombuffer(b"".join(samples), dtype=SAMPLE_DTYPE)
+    out.samples = np.frombuffer(b"".join(samples), dtype=JOURNAL_SAMPLE_DTYPE)
     return out
 
 

@@ -21,8 +21,17 @@ from opsims._native import EventCore, JournalReader
 
 RUN_FILE = "run.json"
 JOURNAL_KEYS = ("blocks", "closed", "recovered", "corrupt", "torn_tail", "gaps")
-#: Bytes per sample in a potentiostat block (docs/journal.md).
-SAMPLE_RECORD_LEN = 42
+#: A journal's potentiostat block: the samples as the link thread queued them
+#: (docs/journal.md; `SAMPLE_RECORD_LEN` in rust/core/src/acquisition/recording.rs).
+JOURNAL_SAMPLE_DTYPE = np.dtype(
+    [("host_ns", "<i8"), ("arrival_ns", "<i8"), ("tick", "<u8"), ("ewe_v", "<f8"),
+     ("current_a", "<f8"), ("mode", "u1"), ("flags", "u1")]
+)  # fmt: skip
+
+
+def names_a_run(path: Path) -> bool:
+    """A run directory, or what can only be a run id (no such file, no suffix)."""
+    return path.is_dir() or (not path.exists() and not path.suffix)
 
 
 def find_run(run: str | Path, state_dir: str | Path | None = None) -> Path:
@@ -66,10 +75,8 @@ class Replay:
     report: dict[str, Any]
     #: The daemon's digest at the end of the run; None after a crash.
     live_digest: dict[str, Any] | None
-
-    @property
-    def digest(self) -> dict[str, Any]:
-        return self.core.digest()
+    #: The rebuilt pipeline's (`EventCore.digest`).
+    digest: dict[str, Any]
 
     @property
     def identical(self) -> bool | None:
@@ -94,16 +101,13 @@ class Replay:
         }
 
 
-def replay(run_dir: Path, *, until_read: int | None = None) -> Replay:
-    """Rebuild a run's cubes from its journal (the first ``until_read`` detector reads,
-    or all)."""
+def replay(run_dir: Path) -> Replay:
+    """Rebuild a run's cubes from its journal."""
     info = run_info(run_dir)
     core = new_core(info, run_dir)
     reader = JournalReader(run_dir / "journal")
     reads = nbytes = samples = 0
     for _seq, host_ns, frame in reader.frames():
-        if until_read is not None and reads >= until_read:
-            break
         core.feed_link(frame, host_ns)
         reads += 1
         nbytes += len(frame)
@@ -111,10 +115,10 @@ def replay(run_dir: Path, *, until_read: int | None = None) -> Replay:
     blocks = reader.blocks()
     for kind, _seq, _host_ns, payload in blocks:
         if kind == "potentiostat":
-            samples += len(payload) // SAMPLE_RECORD_LEN
+            samples += len(payload) // JOURNAL_SAMPLE_DTYPE.itemsize
         elif kind == "note":
             note = msgpack.unpackb(payload)
             if note.get("type") == "live_digest":
                 live = note.get("digest")
     report = blocks.report()
-    return Replay(run_dir, info, core, reads, nbytes, samples, report, live)
+    return Replay(run_dir, info, core, reads, nbytes, samples, report, live, core.digest())

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -98,9 +99,10 @@ def run_cycle(args: argparse.Namespace) -> int:
         return _fail("cycle", "give an INPUT or --live (not both)")
     try:
         if args.live:
-            from opsims.analysis.live import live_run
+            from opsims.analysis.live import listening, live_run
 
-            series = live_run(args.publish, timeout_s=args.timeout)
+            ready = partial(listening, "opsims cycle", args.publish)
+            series = live_run(args.publish, timeout_s=args.timeout, on_ready=ready)
         else:
             series = _load(args.input, args.state_dir)
     except (FileNotFoundError, ValueError, OSError, TimeoutError) as e:

@@ -120,10 +120,10 @@ def load_cycling(source: str | Path, state_dir: str | Path | None = None) -> Cyc
     """A cycle-graph record from a run directory (or run id), ``.nxs``, ``.mpt``, ``.mpr``
     or CSV. Malformed files raise :class:`EcFileError` (a ``ValueError``) naming the file,
     line and column; an unknown run raises ``FileNotFoundError``."""
-    p = Path(source)
-    if p.is_dir() or (not p.exists() and not p.suffix):
-        from opsims.replay import find_run
+    from opsims.replay import find_run, names_a_run
 
+    p = Path(source)
+    if names_a_run(p):
         return load_run(find_run(source, state_dir))
     suffix = p.suffix.lower()
     if suffix in (".nxs", ".h5", ".hdf5"):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -79,11 +80,12 @@ def add_eis_parser(sub: Any) -> None:
 
 
 def _spectra(args: argparse.Namespace, read_file: Any) -> list[Any]:
-    from opsims.analysis.live import is_recorded, live_sweeps, read_recorded_spectra
+    from opsims.analysis.live import is_recorded, listening, live_sweeps, read_recorded_spectra
 
     if args.live:
         got = []
-        for spectrum in live_sweeps(args.publish, timeout_s=args.timeout):
+        ready = partial(listening, "opsims eis fit", args.publish)
+        for spectrum in live_sweeps(args.publish, timeout_s=args.timeout, on_ready=ready):
             got.append(spectrum)
             if len(got) >= args.sweeps:
                 return got

@@ -8,6 +8,7 @@ the ``ec`` samples and ``run`` steps of one run and judges its regions when the 
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -59,17 +60,22 @@ def read_recorded_spectra(path: Path, state_dir: str | Path | None = None) -> li
 
 def is_recorded(path: Path) -> bool:
     """A run directory, a run id, or a NeXus export (rather than an EC-Lab or CSV file)."""
-    return (
-        path.is_dir()
-        or path.suffix.lower() in (".nxs", ".h5", ".hdf5")
-        or (not path.exists() and not path.suffix)
-    )
+    from opsims.replay import names_a_run
+
+    return names_a_run(path) or path.suffix.lower() in (".nxs", ".h5", ".hdf5")
 
 
 # --- live --------------------------------------------------------------------------------
 
 
-def live_sweeps(publish: str, *, timeout_s: float | None = None) -> Iterator[Spectrum]:
+def listening(command: str, publish: str) -> None:
+    """Said on stderr once subscribed, so a caller can start what it wants watched."""
+    print(f"{command}: listening on {publish}", file=sys.stderr, flush=True)
+
+
+def live_sweeps(
+    publish: str, *, timeout_s: float | None = None, on_ready: Callable[[], None] | None = None
+) -> Iterator[Spectrum]:
     """Each impedance sweep published by opsimsd, as it completes."""
     from opsims.client import Subscriber
 
@@ -77,6 +83,8 @@ def live_sweeps(publish: str, *, timeout_s: float | None = None) -> Iterator[Spe
     points: list[Mapping[str, Any]] = []
     n = 0
     with Subscriber(publish, ("eis", "instrument")) as sub:
+        if on_ready is not None:
+            on_ready()
         while deadline is None or time.monotonic() < deadline:
             msg = sub.recv(0.2)
             if msg is None:
@@ -98,7 +106,7 @@ def live_run(
     publish: str,
     *,
     timeout_s: float | None = None,
-    on_step: Callable[[Mapping[str, Any]], None] | None = None,
+    on_ready: Callable[[], None] | None = None,
 ) -> CyclingSeries:
     """The ``ec`` samples and ``run`` steps of the next run published, once it ends."""
     from opsims.client import Subscriber
@@ -112,6 +120,8 @@ def live_run(
     start_ns = 0
     scale = 1.0
     with Subscriber(publish, ("ec", "run")) as sub:
+        if on_ready is not None:
+            on_ready()
         while deadline is None or time.monotonic() < deadline:
             msg = sub.recv(0.2)
             if msg is None:
@@ -123,8 +133,6 @@ def live_run(
                 if f.get("run_id") != run_id:
                     continue
                 steps.append({**f, "journal_ns": msg.host_ns})
-                if on_step is not None:
-                    on_step(f)
                 if f["step"] == -1 and f["state"] != "started":
                     break
             elif run_id is not None and f.get("run_id") == run_id:

@@ -23,18 +23,11 @@ import numpy as np
 
 from opsims._native import JournalError, JournalWriter, recover_journal
 from opsims.config_table import TableReader
+from opsims.replay import RUN_FILE
 
 log = logging.getLogger("opsimsd")
 
 OnBacklog = Literal["stop_run", "keep_acquiring"]
-
-#: A journal's potentiostat block: the samples as the link thread queued them.
-SAMPLE_RECORD_DTYPE = np.dtype(
-    [("host_ns", "<i8"), ("arrival_ns", "<i8"), ("tick", "<u8"), ("ewe_v", "<f8"),
-     ("current_a", "<f8"), ("mode", "u1"), ("flags", "u1")]
-)  # fmt: skip
-
-RUN_FILE = "run.json"
 
 
 @dataclass(frozen=True)
