@@ -22,7 +22,7 @@ from opsims._native import EventCore, JournalReader
 RUN_FILE = "run.json"
 JOURNAL_KEYS = ("blocks", "closed", "recovered", "corrupt", "torn_tail", "gaps")
 #: A journal's potentiostat block: the samples as the link thread queued them
-#: (docs/journal.md; `SAMPLE_RECORD_LEN` in rust/core/src/acquisition/recording.rs).
+#: (docs/journal.md; written by rust/core/src/acquisition/recording.rs).
 JOURNAL_SAMPLE_DTYPE = np.dtype(
     [("host_ns", "<i8"), ("arrival_ns", "<i8"), ("tick", "<u8"), ("ewe_v", "<f8"),
      ("current_a", "<f8"), ("mode", "u1"), ("flags", "u1")]

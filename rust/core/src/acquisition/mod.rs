@@ -38,7 +38,6 @@ use crate::journal::JournalWriter;
 use crate::link::potentiostat::{self as wire, EisPoint, Hello, Reply};
 
 pub use potentiostat::{LinkWriter, NoCheck, Sample, SampleCheck, TickUnwrapper};
-pub use recording::{decode_samples, encode_samples, SAMPLE_RECORD_LEN};
 
 /// A failed call on an [`Acquisition`].
 #[derive(Debug, Error)]

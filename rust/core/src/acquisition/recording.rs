@@ -11,7 +11,7 @@ use crate::journal::{BlockKind, JournalWriter};
 
 /// Bytes per sample in a journal's potentiostat block, little-endian: host_ns i64,
 /// arrival_ns i64, tick u64, ewe_v f64, current_a f64, mode u8, flags u8.
-pub const SAMPLE_RECORD_LEN: usize = 42;
+const SAMPLE_RECORD_LEN: usize = 42;
 
 /// The journal the threads write to while a run records.
 #[derive(Default)]
@@ -55,7 +55,7 @@ fn count(ok: bool, c: &LinkCounters) {
     );
 }
 
-pub fn encode_samples(samples: &[Sample]) -> Vec<u8> {
+fn encode_samples(samples: &[Sample]) -> Vec<u8> {
     let mut out = Vec::with_capacity(samples.len() * SAMPLE_RECORD_LEN);
     for s in samples {
         out.extend_from_slice(&s.host_ns.to_le_bytes());
@@ -67,30 +67,4 @@ pub fn encode_samples(samples: &[Sample]) -> Vec<u8> {
         out.push(s.flags);
     }
     out
-}
-
-/// The samples of one potentiostat block; None if its length is not whole records.
-pub fn decode_samples(payload: &[u8]) -> Option<Vec<Sample>> {
-    if payload.len() % SAMPLE_RECORD_LEN != 0 {
-        return None;
-    }
-    let word = |r: &[u8], at: usize| -> [u8; 8] {
-        let mut w = [0; 8];
-        w.copy_from_slice(&r[at..at + 8]);
-        w
-    };
-    Some(
-        payload
-            .chunks_exact(SAMPLE_RECORD_LEN)
-            .map(|r| Sample {
-                host_ns: i64::from_le_bytes(word(r, 0)),
-                arrival_ns: i64::from_le_bytes(word(r, 8)),
-                tick: u64::from_le_bytes(word(r, 16)),
-                ewe_v: f64::from_le_bytes(word(r, 24)),
-                current_a: f64::from_le_bytes(word(r, 32)),
-                mode: r[40],
-                flags: r[41],
-            })
-            .collect(),
-    )
 }

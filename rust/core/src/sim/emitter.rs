@@ -31,7 +31,6 @@ pub struct Emitter {
     out: Output,
     /// Line buffers to reuse.
     spare: Vec<Line>,
-    n_cells: usize,
     /// (tick the counter jumped from, ticks jumped), in order.
     jumps: Vec<(u64, u64)>,
     last_until: u64,
@@ -111,7 +110,6 @@ impl Emitter {
             at: (0, 0),
         };
         Ok(Emitter {
-            n_cells: out.channel_of.len() * ny * nx,
             gen,
             out,
             spare: Vec::new(),
@@ -153,10 +151,11 @@ impl Emitter {
     /// Counts per second, `[species][y][x]` flattened; used from the next line start on.
     pub fn set_rates(&mut self, rates_hz: &[f64]) -> std::result::Result<(), SimError> {
         let (ny, nx) = (self.cfg.raster.ny as usize, self.cfg.raster.nx as usize);
-        if rates_hz.len() != self.n_cells {
+        let n_cells = self.out.channel_of.len() * self.out.ny * self.out.nx;
+        if rates_hz.len() != n_cells {
             return Err(SimError::Value(format!(
                 "rates: expected {} values ([{}, {ny}, {nx}]), got {}",
-                self.n_cells,
+                n_cells,
                 self.out.channel_of.len(),
                 rates_hz.len()
             )));
