@@ -494,8 +494,10 @@ class Acquisition:
         ``instrument_event`` (``tick``, ``code``, ``name`` such as ``"eis_done"`` or
         ``"watchdog_open_circuit"``, ``message``); ``safety`` (``state``: ``"armed"``,
         ``"tripped"``, ``"alarm"``; ``reason``), one per interlock state change, queued
-        after the trip's OPEN_CIRCUIT went out. The queue is emptied; beyond 65 536
-        events new ones are dropped and counted (``events_dropped``)."""
+        after the trip's OPEN_CIRCUIT went out; ``step_stop`` (``tick``, ``ewe_v`` and
+        ``host_ns`` of the sample that reached the stop, ``limit_v``), queued after the
+        stop's OPEN_CIRCUIT went out (:meth:`arm_step_stop`). The queue is emptied; beyond
+        65 536 events new ones are dropped and counted (``events_dropped``)."""
     def counters(self) -> dict[str, int]:
         """The detector engine's counters (as :meth:`EventCore.counters`) and the links':
         connects, connect failures, disconnects and bytes per link; potentiostat frames,
@@ -548,7 +550,9 @@ class Acquisition:
         circuit since the trip), ``open_circuit_acknowledged``, ``open_circuit_written``,
         ``restored``, ``current_flowing``, ``link_up``, ``trips``, ``resets``,
         ``open_circuit_writes``, ``changes`` (a counter of state changes), ``last_reset``,
-        ``limits``. Reading it also runs the escalation timer while the link is down."""
+        ``limits``, ``step_stop_v`` (the armed step stop's limit, None when none is armed),
+        ``step_stops`` (how many fired). Reading it also runs the escalation timer while
+        the link is down."""
     def start_recording(self, journal: JournalWriter, fresh_cubes: bool = True) -> bool:
         """From now on every detector read and sample batch also goes to ``journal``, from
         the link threads; with ``fresh_cubes`` the cubes and counters start over at that
@@ -573,6 +577,18 @@ class Acquisition:
         """Latch a trip from before a restart as TRIPPED (the circuit is opened as soon
         as the link is up); call it before commanding any current. ValueError for an
         unknown ``reason``."""
+    def arm_step_stop(self, limit_v: float) -> None:
+        """Arm the interlock's step stop: the first finite sample in galvanostatic mode
+        with ``|Ewe| >= limit_v`` opens the circuit from the potentiostat thread (no
+        Python on the path), is queued as a ``step_stop`` event, and disarms the stop.
+        Replaces a stop already armed. The stop never latches or changes the safety
+        state; the safety checks judge every sample first, and a sample that trips the
+        interlock is a trip only. A trip, a lost link and :meth:`stop` disarm it; while
+        tripped it is not judged. :class:`ConfigError` unless ``limit_v`` is finite and
+        above 0; RuntimeError without an interlock."""
+    def disarm_step_stop(self) -> bool:
+        """Disarm the step stop; whether one was armed (False once it fired).
+        RuntimeError without an interlock."""
     @property
     def stopped(self) -> bool: ...
     @property

@@ -262,6 +262,18 @@ fn event_dict<'py>(py: Python<'py>, e: &AcqEvent) -> PyResult<Bound<'py, PyDict>
             d.set_item("state", state)?;
             d.set_item("reason", reason)?;
         }
+        AcqEvent::StepStop {
+            host_ns,
+            tick,
+            ewe_v,
+            limit_v,
+        } => {
+            d.set_item("kind", "step_stop")?;
+            d.set_item("host_ns", host_ns)?;
+            d.set_item("tick", tick)?;
+            d.set_item("ewe_v", ewe_v)?;
+            d.set_item("limit_v", limit_v)?;
+        }
     }
     Ok(d)
 }
@@ -636,6 +648,21 @@ impl PyAcquisition {
         let reset =
             done.map_err(|m| interlock::InterlockError::new_err(format!("reset refused: {m}")))?;
         interlock::reset_dict(py, &reset)
+    }
+
+    /// Arm the interlock's step stop: the first galvanostatic sample with |Ewe| at or
+    /// beyond `limit_v` opens the circuit from the potentiostat thread and is queued as a
+    /// `step_stop` event; then it is disarmed. `ConfigError` for a limit that is not a
+    /// finite voltage above 0.
+    fn arm_step_stop(&self, py: Python<'_>, limit_v: f64) -> PyResult<()> {
+        let h = self.interlock()?;
+        py.detach(|| h.lock().arm_stop(limit_v)).map_err(to_py)
+    }
+
+    /// Disarm the step stop; whether one was armed (False once it fired).
+    fn disarm_step_stop(&self, py: Python<'_>) -> PyResult<bool> {
+        let h = self.interlock()?;
+        Ok(py.detach(|| h.lock().disarm_stop()).is_some())
     }
 
     /// Latch a trip from before a restart (TRIPPED, circuit opened as soon as the link is

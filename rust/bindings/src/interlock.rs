@@ -116,6 +116,8 @@ pub fn status_dict<'py>(
     d.set_item("resets", st.resets)?;
     d.set_item("open_circuit_writes", st.open_circuit_writes)?;
     d.set_item("changes", st.changes)?;
+    d.set_item("step_stop_v", st.step_stop_v)?;
+    d.set_item("step_stops", st.step_stops)?;
     let last = match &st.last_reset {
         Some(r) => {
             let l = PyDict::new(py);
@@ -156,10 +158,11 @@ pub fn reset_dict<'py>(py: Python<'py>, r: &Reset) -> PyResult<Bound<'py, PyDict
 pub struct NoLink;
 
 impl SafetyLink for NoLink {
-    fn open_circuit(&mut self) -> Result<(), String> {
+    fn open_circuit(&mut self) -> Result<u32, String> {
         Err("no potentiostat link".into())
     }
     fn state_changed(&mut self, _: i64, _: SafetyState, _: &'static str) {}
+    fn step_stopped(&mut self, _: &Sample, _: f64) {}
 }
 
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {

@@ -293,6 +293,14 @@ pub enum AcqEvent {
         state: &'static str,
         reason: &'static str,
     },
+    /// The interlock's armed step stop ended a step: the sample that reached it (its host
+    /// time, unwrapped tick and Ewe) and the limit, queued after its OPEN_CIRCUIT went out.
+    StepStop {
+        host_ns: i64,
+        tick: u64,
+        ewe_v: f64,
+        limit_v: f64,
+    },
 }
 
 /// Queued samples as columns (moved out whole by [`Acquisition::take_samples`]).

@@ -617,6 +617,74 @@ fn stop_opens_the_circuit_first() {
     );
 }
 
+#[test]
+fn the_interlocks_step_stop_opens_the_circuit_from_the_reader_thread() {
+    use crate::interlock::{InterlockCheck, InterlockConfig, SafetyState};
+    let (l, port) = listener();
+    let interlock = InterlockCheck::new(InterlockConfig::default()).unwrap();
+    let acq = Acquisition::start(pot_config(port), Box::new(interlock.clone())).unwrap();
+    let mut peer = Peer::accept(&l, 32);
+    events_until(&acq, |e| is_link(e, LinkId::Potentiostat, LinkState::Up));
+    interlock.lock().arm_stop(5.0).unwrap();
+    peer.samples(&[100, 200], 4.9);
+    peer.samples(&[300, 400], -6.0);
+    let sent = Instant::now();
+    // Nobody calls into the acquisition meanwhile: the reader thread alone stops the step.
+    let oc = peer.next_of(kind::OPEN_CIRCUIT, T).expect("OPEN_CIRCUIT");
+    assert!(
+        sent.elapsed() < Duration::from_millis(200),
+        "{:?}",
+        sent.elapsed()
+    );
+    peer.reply(oc.sequence, reply_code::OK, "opened");
+    let seen = events_until(&acq, |e| matches!(e, AcqEvent::StepStop { .. }));
+    let stop = seen.last().unwrap();
+    assert!(
+        matches!(stop, AcqEvent::StepStop { tick: 300, ewe_v, limit_v, .. }
+                 if *ewe_v == -6.0 && *limit_v == 5.0),
+        "{stop:?}"
+    );
+    let queued = samples_until(&acq, 4);
+    assert_eq!(queued.tick, [100, 200, 300, 400]);
+    let AcqEvent::StepStop { host_ns, .. } = stop else {
+        unreachable!()
+    };
+    assert_eq!(
+        *host_ns, queued.host_ns[2],
+        "the stopping sample's host time"
+    );
+    // Once: the sample after it, beyond the limit too, wrote nothing more.
+    assert!(peer
+        .next_of(kind::OPEN_CIRCUIT, Duration::from_millis(200))
+        .is_none());
+    assert_eq!(counter(&acq, "open_circuit_now"), 1);
+    let st = interlock.lock().status();
+    assert_eq!(st.state, SafetyState::Armed);
+    assert!(st.trip.is_none() && !st.open_circuit_acknowledged);
+    assert_eq!((st.step_stop_v, st.step_stops), (None, 1));
+    // Armed again, a sample beyond the safety limit too is a trip, not a stop.
+    interlock.lock().arm_stop(5.0).unwrap();
+    peer.samples(&[500], 12.0);
+    peer.next_of(kind::OPEN_CIRCUIT, T)
+        .expect("the trip's OPEN_CIRCUIT");
+    let seen = events_until(&acq, |e| matches!(e, AcqEvent::Safety { .. }));
+    assert!(
+        matches!(
+            seen.last(),
+            Some(AcqEvent::Safety {
+                state: "tripped",
+                reason: "ewe_high",
+                ..
+            })
+        ),
+        "{seen:?}"
+    );
+    assert!(!seen.iter().any(|e| matches!(e, AcqEvent::StepStop { .. })));
+    let st = interlock.lock().status();
+    assert_eq!((st.step_stop_v, st.step_stops), (None, 1));
+    acq.stop(false);
+}
+
 fn engine_config() -> EngineConfig {
     let species = |names: &[&str]| names.iter().map(|s| s.to_string()).collect();
     EngineConfig {

@@ -10,10 +10,8 @@ use crate::error::CoreError;
 use crate::link::potentiostat::{Hello, Reply};
 
 impl SafetyLink for LinkWriter<'_> {
-    fn open_circuit(&mut self) -> Result<(), String> {
-        self.open_circuit_now()
-            .map(|_| ())
-            .map_err(|e| e.to_string())
+    fn open_circuit(&mut self) -> Result<u32, String> {
+        self.open_circuit_now().map_err(|e| e.to_string())
     }
 
     fn state_changed(&mut self, host_ns: i64, state: SafetyState, reason: &'static str) {
@@ -21,6 +19,15 @@ impl SafetyLink for LinkWriter<'_> {
             host_ns,
             state: state.name(),
             reason,
+        });
+    }
+
+    fn step_stopped(&mut self, sample: &Sample, limit_v: f64) {
+        self.push_event(AcqEvent::StepStop {
+            host_ns: sample.host_ns,
+            tick: sample.tick,
+            ewe_v: sample.ewe_v,
+            limit_v,
         });
     }
 }
@@ -61,7 +68,7 @@ impl SampleCheck for InterlockCheck {
     }
 
     fn reply(&mut self, reply: &Reply, _link: &mut LinkWriter<'_>) {
-        self.lock().on_reply(reply.ok());
+        self.lock().on_reply(reply.request_sequence, reply.ok());
     }
 
     fn allow_command(&mut self, kind: u8, payload: &[u8]) -> Result<(), String> {

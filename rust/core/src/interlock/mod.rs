@@ -19,6 +19,13 @@
 //! `max_sample_gap_s`; a tick trips when it is more than `backwards_tolerance_s` behind
 //! the newest one seen.
 //!
+//! Beside the safety checks sits the owner's **step stop** ([`Interlock::arm_stop`]): a
+//! galvanostatic step ends at the first sample with |Ewe| at or beyond a voltage (a
+//! strip's depletion, a step's `until_v`), judged here so it sees every sample at once
+//! however fast they come. It writes OPEN_CIRCUIT and reports the sample; it never
+//! latches, never changes the safety state, and the safety checks run first: a sample
+//! that also trips the interlock is a trip only.
+//!
 //! The logic here sees the link only through [`SafetyLink`] and takes time as arguments,
 //! so it is tested without sockets; [`InterlockCheck`] plugs it into the acquisition.
 
@@ -28,9 +35,11 @@ mod tests;
 
 pub use check::InterlockCheck;
 
+use std::collections::VecDeque;
+
 use crate::acquisition::Sample;
 use crate::error::CoreError;
-use crate::link::potentiostat::kind;
+use crate::link::potentiostat::{kind, mode};
 
 /// The widest Ewe range limits may be set to: the simulated instrument's range (±20 V,
 /// `sim.potentiostat.voltage_range_v`), beyond which the instrument itself clips.
@@ -229,15 +238,26 @@ pub struct InterlockStatus {
     pub open_circuit_writes: u64,
     /// State changes so far: a reader compares it to notice one.
     pub changes: u64,
+    /// The armed step stop's |Ewe| limit, None when none is armed.
+    pub step_stop_v: Option<f64>,
+    /// Step stops that fired so far.
+    pub step_stops: u64,
 }
 
 /// What the interlock does to the outside: the acquisition's link writer, or a test fake.
 pub trait SafetyLink {
-    /// Write OPEN_CIRCUIT now; Err if the link is down or the write failed.
-    fn open_circuit(&mut self) -> Result<(), String>;
+    /// Write OPEN_CIRCUIT now; its sequence number on this connection, or Err if the link
+    /// is down or the write failed.
+    fn open_circuit(&mut self) -> Result<u32, String>;
     /// A state change, for the owner (queued as an event, waking its wait).
     fn state_changed(&mut self, host_ns: i64, state: SafetyState, reason: &'static str);
+    /// The armed step stop ended the step at `sample` (its OPEN_CIRCUIT already written),
+    /// for the owner (queued as an event, waking its wait).
+    fn step_stopped(&mut self, sample: &Sample, limit_v: f64);
 }
+
+/// Step-stop OPEN_CIRCUITs whose replies may still come (more is forgotten, oldest first).
+const STOP_REPLIES: usize = 16;
 
 fn ns(seconds: f64) -> i64 {
     (seconds * 1e9) as i64
@@ -269,6 +289,12 @@ pub struct Interlock {
     resets: u64,
     writes: u64,
     changes: u64,
+    /// The armed step stop's |Ewe| limit.
+    stop_v: Option<f64>,
+    stops: u64,
+    /// Sequences of the step stops' OPEN_CIRCUITs awaiting replies: those replies do not
+    /// acknowledge a trip's open circuit.
+    stop_seqs: VecDeque<u32>,
 }
 
 impl Interlock {
@@ -295,6 +321,9 @@ impl Interlock {
             resets: 0,
             writes: 0,
             changes: 0,
+            stop_v: None,
+            stops: 0,
+            stop_seqs: VecDeque::new(),
         })
     }
 
@@ -321,7 +350,59 @@ impl Interlock {
             resets: self.resets,
             open_circuit_writes: self.writes,
             changes: self.changes,
+            step_stop_v: self.stop_v,
+            step_stops: self.stops,
         }
+    }
+
+    /// Arm the step stop: the first finite sample in galvanostatic mode with |Ewe| ≥
+    /// `limit_v` opens the circuit and is reported ([`SafetyLink::step_stopped`]); the
+    /// stop is then disarmed. Replaces a stop already armed. A trip, a lost link and a
+    /// shutdown disarm it; it is judged only while the interlock is armed, after the
+    /// safety checks. `limit_v` must be finite and above 0 V.
+    pub fn arm_stop(&mut self, limit_v: f64) -> Result<(), CoreError> {
+        if !(limit_v.is_finite() && limit_v > 0.0) {
+            return Err(config_err(
+                "step_stop.limit_v",
+                format!("must be a finite |Ewe| above 0 V, got {limit_v}"),
+            ));
+        }
+        self.stop_v = Some(limit_v);
+        Ok(())
+    }
+
+    /// Disarm the step stop; the limit it had, None if none was armed (or it fired).
+    pub fn disarm_stop(&mut self) -> Option<f64> {
+        self.stop_v.take()
+    }
+
+    /// The armed step stop's limit, None when none is armed.
+    pub fn stop_armed(&self) -> Option<f64> {
+        self.stop_v
+    }
+
+    /// Whether `s` reaches the armed stop: galvanostatic, finite, |Ewe| ≥ the limit.
+    fn reaches_stop(&self, s: &Sample) -> Option<f64> {
+        let limit = self.stop_v?;
+        let reached = s.mode == mode::GALVANOSTATIC
+            && s.ewe_v.is_finite()
+            && s.current_a.is_finite()
+            && s.ewe_v.abs() >= limit;
+        reached.then_some(limit)
+    }
+
+    /// The step stop: OPEN_CIRCUIT first, disarm, then the report. The safety state, the
+    /// trip record and the interlock's own write count are untouched.
+    fn stop_step(&mut self, s: &Sample, limit_v: f64, link: &mut dyn SafetyLink) {
+        if let Ok(seq) = link.open_circuit() {
+            if self.stop_seqs.len() == STOP_REPLIES {
+                self.stop_seqs.pop_front();
+            }
+            self.stop_seqs.push_back(seq);
+        }
+        self.stop_v = None;
+        self.stops += 1;
+        link.step_stopped(s, limit_v);
     }
 
     /// The limit a sample breaks, if any. Non-finite first: NaN compares false with
@@ -407,6 +488,7 @@ impl Interlock {
         if self.state != SafetyState::Armed {
             return;
         }
+        self.stop_v = None;
         let written = self.write_open_circuit(now, link);
         self.trip = Some(Trip {
             reason,
@@ -464,6 +546,10 @@ impl Interlock {
             self.trip(reason, detail, Some(*s), now, link);
         }
         if self.state == SafetyState::Armed {
+            // Only a sample the safety checks passed reaches the step stop.
+            if let Some(limit_v) = self.reaches_stop(s) {
+                self.stop_step(s, limit_v, link);
+            }
             return;
         }
         if open && !self.confirmed {
@@ -523,6 +609,8 @@ impl Interlock {
             self.compliance_a = Some(compliance_a);
         }
         self.ticks_per_s = (tick_fs > 0).then(|| 1e15 / tick_fs as f64);
+        // Sequences restart with the connection.
+        self.stop_seqs.clear();
         // Ticks of a new connection may restart; the gap counts from now.
         self.newest_tick = None;
         self.gap_from_ns = now;
@@ -540,6 +628,8 @@ impl Interlock {
     /// written now; it goes out when the link is back). A trip is unconfirmed again.
     pub fn on_link_down(&mut self, now: i64, reason: &str, link: &mut dyn SafetyLink) {
         self.link_up = false;
+        self.stop_v = None;
+        self.stop_seqs.clear();
         if self.state == SafetyState::Armed && self.flowing {
             let detail = format!("potentiostat link lost while current flowed: {reason}");
             self.trip(TripReason::LinkLost, detail, None, now, link);
@@ -574,13 +664,20 @@ impl Interlock {
         Ok(())
     }
 
-    /// The reply to an OPEN_CIRCUIT the interlock wrote (an acknowledgement only).
-    pub fn on_reply(&mut self, ok: bool) {
+    /// The reply to an OPEN_CIRCUIT the interlock wrote (an acknowledgement only); the
+    /// reply to a step stop's acknowledges no trip.
+    pub fn on_reply(&mut self, sequence: u32, ok: bool) {
+        if let Some(i) = self.stop_seqs.iter().position(|&q| q == sequence) {
+            self.stop_seqs.remove(i);
+            return;
+        }
         self.acknowledged |= ok;
     }
 
-    /// The acquisition is stopping: trip (reason `shutdown`) unless already tripped.
+    /// The acquisition is stopping: trip (reason `shutdown`) unless already tripped. The
+    /// step stop is disarmed either way.
     pub fn on_shutdown(&mut self, now: i64, link: &mut dyn SafetyLink) {
+        self.stop_v = None;
         let detail = "the acquisition is stopping".to_owned();
         self.trip(TripReason::Shutdown, detail, None, now, link);
     }

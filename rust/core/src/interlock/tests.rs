@@ -5,19 +5,28 @@ use super::*;
 struct Fake {
     up: bool,
     log: Vec<String>,
+    /// The next OPEN_CIRCUIT's sequence number.
+    seq: u32,
+    /// The samples the step stop reported, with their limits.
+    stops: Vec<(Sample, f64)>,
 }
 
 impl SafetyLink for Fake {
-    fn open_circuit(&mut self) -> Result<(), String> {
+    fn open_circuit(&mut self) -> Result<u32, String> {
         self.log.push("OPEN_CIRCUIT".into());
         if self.up {
-            Ok(())
+            self.seq += 1;
+            Ok(self.seq - 1)
         } else {
             Err("down".into())
         }
     }
     fn state_changed(&mut self, _host_ns: i64, state: SafetyState, reason: &'static str) {
         self.log.push(format!("{}:{reason}", state.name()));
+    }
+    fn step_stopped(&mut self, sample: &Sample, limit_v: f64) {
+        self.log.push(format!("stop:{}", sample.ewe_v));
+        self.stops.push((*sample, limit_v));
     }
 }
 
@@ -97,7 +106,7 @@ fn unconfirmed_open_circuit_is_resent_and_escalates_to_alarm() {
     il.on_sample(&sample(0, 11.0, 1e-6), 0, &mut link);
     link.log.clear();
     // The instrument acknowledges but the current keeps flowing.
-    il.on_reply(true);
+    il.on_reply(0, true);
     for t in (10..=1500).step_by(10) {
         il.on_sample(&sample(t, 9.0, 1e-6), t * MS, &mut link);
         il.on_idle(t * MS, &mut link);
@@ -277,4 +286,144 @@ fn configured_compliance_wins_over_the_instruments() {
         il.status().trip.unwrap().reason,
         TripReason::CurrentCompliance
     );
+}
+
+/// A sample at open circuit (mode 0, no current) at `ewe_v`.
+fn at_open_circuit(t_ms: i64, ewe_v: f64) -> Sample {
+    sample(t_ms, ewe_v, 0.0)
+}
+
+#[test]
+fn an_armed_step_stop_fires_once_at_the_first_galvanostatic_sample_at_its_limit() {
+    let (mut il, mut link) = armed();
+    assert_eq!(il.stop_armed(), None);
+    il.arm_stop(5.0).unwrap();
+    assert_eq!(il.stop_armed(), Some(5.0));
+    assert_eq!(il.status().step_stop_v, Some(5.0));
+    // Below the limit, or at open circuit beyond it (a relaxing cell): nothing.
+    il.on_sample(&sample(1, 4.999, 4e-8), MS, &mut link);
+    il.on_sample(&sample(2, -4.999, 4e-8), 2 * MS, &mut link);
+    il.on_sample(&at_open_circuit(3, 6.0), 3 * MS, &mut link);
+    let mut eis = sample(4, 7.0, 4e-8);
+    eis.mode = mode::EIS;
+    il.on_sample(&eis, 4 * MS, &mut link);
+    assert!(link.log.is_empty(), "{:?}", link.log);
+    // The limit itself stops (|Ewe|: either polarity), OPEN_CIRCUIT first.
+    let at = sample(5, -5.0, -4e-8);
+    il.on_sample(&at, 5 * MS, &mut link);
+    assert_eq!(link.log, ["OPEN_CIRCUIT", "stop:-5"]);
+    assert_eq!(link.stops, [(at, 5.0)]);
+    // Disarmed: the samples after it, further still, change nothing.
+    il.on_sample(&sample(6, 7.0, 4e-8), 6 * MS, &mut link);
+    il.on_sample(&sample(7, 9.5, 4e-8), 7 * MS, &mut link);
+    assert_eq!(link.log.len(), 2, "{:?}", link.log);
+    let st = il.status();
+    assert_eq!((st.step_stop_v, st.step_stops), (None, 1));
+    // Not a trip: no latch, no state change, the interlock's own counts untouched.
+    assert_eq!(st.state, SafetyState::Armed);
+    assert!(st.trip.is_none());
+    assert_eq!((st.trips, st.changes, st.open_circuit_writes), (0, 0, 0));
+    assert!(il
+        .allow_command(kind::SET_CURRENT, &4e-8f64.to_le_bytes(), 8 * MS)
+        .is_ok());
+    // Armed again, it fires again: it does not latch.
+    il.arm_stop(5.0).unwrap();
+    il.on_sample(&sample(9, 5.5, 4e-8), 9 * MS, &mut link);
+    assert_eq!(link.stops.len(), 2);
+    assert_eq!(link.stops[1].0.tick, sample(9, 0.0, 0.0).tick);
+}
+
+#[test]
+fn a_step_stop_does_not_fire_for_nan_or_after_disarm() {
+    let (mut il, mut link) = armed();
+    il.arm_stop(5.0).unwrap();
+    assert_eq!(il.disarm_stop(), Some(5.0));
+    assert_eq!(il.disarm_stop(), None);
+    il.on_sample(&sample(1, 8.0, 4e-8), MS, &mut link);
+    assert!(link.log.is_empty() && link.stops.is_empty());
+    // NaN: the interlock trips (non-finite), the stop does not fire and is disarmed.
+    il.arm_stop(5.0).unwrap();
+    il.on_sample(&sample(2, f64::NAN, 4e-8), 2 * MS, &mut link);
+    assert_eq!(link.log, ["OPEN_CIRCUIT", "tripped:non_finite"]);
+    assert!(link.stops.is_empty());
+    assert_eq!(il.stop_armed(), None);
+}
+
+#[test]
+fn a_sample_beyond_both_the_stop_and_the_safety_limit_trips_instead() {
+    let (mut il, mut link) = armed();
+    il.arm_stop(5.0).unwrap();
+    il.on_sample(&sample(1, 12.0, 4e-8), MS, &mut link);
+    assert_eq!(link.log, ["OPEN_CIRCUIT", "tripped:ewe_high"]);
+    assert!(link.stops.is_empty());
+    let st = il.status();
+    assert_eq!(st.trip.unwrap().reason, TripReason::EweHigh);
+    assert_eq!((st.step_stop_v, st.step_stops), (None, 0));
+    // Tripped: an armed stop is not judged (the trip's own handling goes on).
+    il.arm_stop(5.0).unwrap();
+    il.on_sample(&sample(2, 9.0, 4e-8), 2 * MS, &mut link);
+    assert!(link.stops.is_empty());
+    // A sample behind in time trips too, before the stop.
+    let (mut il, mut link) = armed();
+    il.on_sample(&sample(5000, 1.0, 4e-8), 0, &mut link);
+    il.arm_stop(5.0).unwrap();
+    il.on_sample(&sample(3000, 6.0, 4e-8), 1, &mut link);
+    assert_eq!(il.status().trip.unwrap().reason, TripReason::TimeBackwards);
+    assert!(link.stops.is_empty());
+}
+
+#[test]
+fn a_lost_link_a_shutdown_and_a_trip_disarm_the_step_stop() {
+    let (mut il, mut link) = armed();
+    il.arm_stop(5.0).unwrap();
+    il.on_link_down(MS, "gone", &mut link);
+    assert_eq!(il.stop_armed(), None);
+    il.on_link_up(10e-6, 1_000_000_000, 2 * MS, &mut link);
+    il.on_sample(&sample(3, 6.0, 4e-8), 3 * MS, &mut link);
+    assert!(link.stops.is_empty());
+
+    let (mut il, mut link) = armed();
+    il.arm_stop(5.0).unwrap();
+    il.on_shutdown(MS, &mut link);
+    assert_eq!(il.stop_armed(), None);
+
+    let (mut il, mut link) = armed();
+    il.arm_stop(5.0).unwrap();
+    il.allow_command(kind::SET_CURRENT, &4e-8f64.to_le_bytes(), 0)
+        .unwrap();
+    il.on_idle(600 * MS, &mut link); // a sample gap
+    assert_eq!(il.status().trip.unwrap().reason, TripReason::SampleGap);
+    assert_eq!(il.stop_armed(), None);
+}
+
+#[test]
+fn the_step_stops_reply_acknowledges_no_trip() {
+    let (mut il, mut link) = armed();
+    il.arm_stop(5.0).unwrap();
+    il.on_sample(&sample(1, 5.0, 4e-8), MS, &mut link); // OPEN_CIRCUIT sequence 0
+    il.on_sample(&sample(2, 11.0, 4e-8), 2 * MS, &mut link); // the trip's: sequence 1
+    il.on_reply(0, true);
+    assert!(!il.status().open_circuit_acknowledged);
+    il.on_reply(1, true);
+    assert!(il.status().open_circuit_acknowledged);
+}
+
+#[test]
+fn a_step_stop_limit_must_be_a_finite_positive_voltage() {
+    let (mut il, _) = armed();
+    for bad in [0.0, -5.0, f64::NAN, f64::INFINITY] {
+        let e = il.arm_stop(bad).unwrap_err();
+        assert!(matches!(e, CoreError::Config(_)), "{e:?}");
+        assert!(e.to_string().contains("interlock.step_stop.limit_v"), "{e}");
+        assert_eq!(il.stop_armed(), None);
+    }
+    il.arm_stop(5.0).unwrap();
+    assert!(il.arm_stop(f64::NAN).is_err());
+    assert_eq!(
+        il.stop_armed(),
+        Some(5.0),
+        "a refused limit leaves the armed one"
+    );
+    il.arm_stop(13.5).unwrap();
+    assert_eq!(il.stop_armed(), Some(13.5), "a new limit replaces it");
 }
