@@ -69,14 +69,22 @@ def main(argv: list[str] | None = None) -> int:
     exp.add_argument("--json", action="store_true", help="machine-readable output")
     from opsims.analysis.cycle_cli import add_cycle_parsers
     from opsims.analysis.eis_cli import add_eis_parser
+    from opsims.analysis.imaging_cli import add_imaging_parsers
+    from opsims.analysis.profile_cli import add_profile_parser
 
     add_eis_parser(sub)
     add_cycle_parsers(sub)
+    add_profile_parser(sub)
+    add_imaging_parsers(sub)
     args = parser.parse_args(argv)
     if args.command == "eis":
         return int(args.eis_run(args))
     if args.command in ("cycle", "ccd"):
         return int(args.cycle_run(args))
+    if args.command == "profile":
+        return int(args.profile_run(args))
+    if args.command in ("map", "render3d"):
+        return int(args.imaging_run(args))
     if args.command == "replay":
         return _replay(args)
     if args.command == "export":
@@ -105,7 +113,12 @@ def _replay(args: argparse.Namespace) -> int:
         print(f"opsims replay: {e}", file=sys.stderr)
         return 2
     if args.out is not None:
-        arrays: dict[str, Any] = {"profile": result.core.depth_profile(), **result.cubes()}
+        arrays: dict[str, Any] = {
+            "profile": result.core.depth_profile(),
+            "frames_per_slice": np.int64(result.core.frames_per_slice),
+            "frames": np.int64(max(0, result.digest["counters"]["frame_markers"] - 1)),
+            **result.cubes(),
+        }
         np.savez_compressed(args.out, allow_pickle=False, **arrays)
     summary = result.summary()
     if args.json:
@@ -184,7 +197,10 @@ def _snapshot(args: argparse.Namespace) -> int:
     with Control(args.control) as ctl:
         snap = ctl.snapshot(args.what)
     if args.out is not None:
-        np.savez_compressed(args.out, allow_pickle=False, **snap.arrays)
+        extra = {"frames_per_slice": np.int64(snap.fields["frames_per_slice"])}
+        np.savez_compressed(
+            args.out, allow_pickle=False, **snap.arrays, **(extra if args.what == "cubes" else {})
+        )
     shapes = {k: list(v.shape) for k, v in snap.arrays.items()}
     if args.json:
         print(json.dumps({"seq": snap.seq, **snap.fields, "arrays": shapes}, default=str))

@@ -84,7 +84,10 @@ def export_nexus(run_dir: Path, path: Path) -> dict[str, Any]:
         entry = _group(f, "entry", "NXentry", default="cubes")
         _entry_metadata(entry, info, run_dir)
         events = _write_events(entry, run_dir, tick_s)
-        _write_cubes(entry, rebuilt.cubes(), rebuilt.core.depth_profile(), info)
+        # Frames binned: the frame markers after the one that set slice 0's origin.
+        frames = max(0, int(rebuilt.digest["counters"]["frame_markers"]) - 1)
+        _write_cubes(entry, rebuilt.cubes(), rebuilt.core.depth_profile(),
+                     rebuilt.core.frames_per_slice, frames)  # fmt: skip
         _write_electrochemistry(entry, records.samples, info)
         _write_eis(entry, records.eis)
         logs = _group(entry, "logs", "NXcollection")
@@ -188,12 +191,13 @@ def _append(ds: Any, values: npt.NDArray[Any]) -> None:
 
 def _write_cubes(
     entry: Any, cubes: dict[str, npt.NDArray[np.uint32]], profile: npt.NDArray[Any],
-    info: dict[str, Any]
+    frames_per_slice: int, frames: int
 ) -> None:  # fmt: skip
     species = list(cubes)
     data = _group(entry, "cubes", "NXdata", signal=species[0] if species else "",
                   axes=[".", ".", "."])  # fmt: skip
-    data.attrs["frames_per_slice"] = int(info["engine"]["frames_per_slice"])
+    data.attrs["frames_per_slice"] = frames_per_slice  # now, after any rebinning
+    data.attrs["frames"] = frames
     data.attrs["species"] = species
     for name, cube in cubes.items():
         d = data.create_dataset(name.replace("/", "_"), data=cube, compression="gzip",

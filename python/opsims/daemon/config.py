@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from opsims._native import ConfigError
+from opsims.analysis.cubeset import SimsParameters
 from opsims.config_table import TableReader, apply_overrides, load_toml
 from opsims.daemon.journal import JournalConfig
 from opsims.daemon.safety import SafetyConfig
@@ -68,7 +69,7 @@ class DaemonConfig:
     @classmethod
     def from_document(cls, doc: Mapping[str, Any], path: Path) -> DaemonConfig:
         top = TableReader(doc, "")
-        for key in ("detector", "daemon", "links", "sim", "safety", "journal"):
+        for key in ("detector", "daemon", "links", "sim", "safety", "journal", "sims"):
             top.used.add(key)
         unknown = sorted(set(doc) - top.used)
         if unknown:
@@ -115,6 +116,9 @@ class DaemonConfig:
             journal=JournalConfig.from_mapping(top.get("journal", dict, {})),
         )
         r.reject_unknown()
+        # Read by the analyses, not the daemon; checked here so a typo fails at start.
+        names = tuple(p.name for p in config.detector.polarities)
+        SimsParameters.from_mapping(top.get("sims", dict, {}), names)
         if config.reconnect_max_s < config.reconnect_initial_s:
             raise r.error("reconnect_max_s", "must not be below reconnect_initial_s")
         if config.liveness_s <= config.heartbeat_s:
