@@ -62,7 +62,9 @@ def test_live_time_is_the_time_each_species_was_measured(switching: str) -> None
         assert abs(got.sum() - expected.sum()) < 3 * np.sqrt(expected.sum())
         species = next(p.species for p in detector.polarities if s in p.species)
         n, k = len(species), species.index(s)
-        exact = sum(1 for f in range(frames) if f % n == k) if switching == "per_frame" else frames / n
+        exact = (
+            sum(1 for f in range(frames) if f % n == k) if switching == "per_frame" else frames / n
+        )
         assert cs.frames_measured(s)[:12].sum() == pytest.approx(exact)
 
 

@@ -73,8 +73,8 @@ class LinkInstrument:
     def __init__(self, client: PotentiostatClient) -> None:
         self.client = client
 
-    def set_current(self, amps: float) -> None:
-        assert self.client.set_current(amps).ok
+    def set_current(self, amps: float, limit_v: float | None = None) -> None:
+        assert self.client.set_current(amps, limit_v).ok
 
     def open_circuit(self) -> None:
         assert self.client.open_circuit().ok

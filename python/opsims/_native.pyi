@@ -491,8 +491,10 @@ class Acquisition:
         ``link`` (``link``: ``"detector"``/``"potentiostat"``, ``state``:
         ``"connecting"``/``"up"``/``"down"``, ``reason``); ``eis_point`` (``tick``,
         ``index``, ``n_points``, ``freq_hz``, ``z_re_ohm``, ``z_im_ohm``);
-        ``instrument_event`` (``tick``, ``code``, ``name`` such as ``"eis_done"`` or
-        ``"watchdog_open_circuit"``, ``message``); ``safety`` (``state``: ``"armed"``,
+        ``instrument_event`` (``tick``, ``code``, ``name``: ``"eis_done"`` (1),
+        ``"watchdog_open_circuit"`` (2), ``"eis_aborted"`` (3) or ``"limit_reached"`` (4,
+        a :meth:`set_current` voltage limit ended the step: ``tick`` is the sample that
+        reached it), ``message``); ``safety`` (``state``: ``"armed"``,
         ``"tripped"``, ``"alarm"``; ``reason``), one per interlock state change, queued
         after the trip's OPEN_CIRCUIT went out; ``step_stop`` (``tick``, ``ewe_v`` and
         ``host_ns`` of the sample that reached the stop, ``limit_v``), queued after the
@@ -514,10 +516,16 @@ class Acquisition:
         """The potentiostat's last HELLO (``protocol``, ``counter_bits``, ``tick_fs``,
         ``sample_period_ticks``, ``compliance_a``, ``name``), None before the first one.
         RuntimeError without a potentiostat link."""
-    def set_current(self, amps: float, timeout_s: float = 2.0) -> None:
-        """Galvanostatic control at ``amps``. Raises :class:`CommandRefused` if the
-        instrument refuses, ConnectionError if the link is down, TimeoutError if no reply
-        comes within ``timeout_s`` (as every command does)."""
+    def set_current(
+        self, amps: float, timeout_s: float = 2.0, limit_v: float | None = None
+    ) -> None:
+        """Galvanostatic control at ``amps``. With ``limit_v`` the instrument itself opens
+        the circuit at the first sample of this control with |Ewe| >= ``limit_v`` and
+        says so with an ``instrument_event`` ``limit_reached`` (0 is no limit; a
+        non-finite or negative one is refused, code 3 ``out_of_range``); a later
+        SET_CURRENT or OPEN_CIRCUIT replaces or clears it. Raises :class:`CommandRefused`
+        if the instrument refuses, ConnectionError if the link is down, TimeoutError if
+        no reply comes within ``timeout_s`` (as every command does)."""
     def open_circuit(self, timeout_s: float = 2.0) -> None:
         """Current off at once (also aborts a sweep)."""
     def start_eis(

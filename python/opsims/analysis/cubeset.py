@@ -212,7 +212,9 @@ def _from_nexus(path: Path, override: Mapping[str, Any] | None) -> CubeSet:
         doc = override or tomllib.loads(_text(entry["configuration/data"][()]))
         detector, sims = parameters_from_document(doc)
         group = entry["cubes"]
-        cubes = {s: np.asarray(group[s][()], dtype=np.uint32) for s in detector.species if s in group}
+        cubes = {
+            s: np.asarray(group[s][()], dtype=np.uint32) for s in detector.species if s in group
+        }
         fps = int(group.attrs.get("frames_per_slice", detector.frames_per_slice))
         frames = int(group.attrs["frames"]) if "frames" in group.attrs else None
         run_id = _text(entry["run_id"][()]) if "run_id" in entry else None

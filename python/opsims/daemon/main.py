@@ -153,6 +153,7 @@ class Daemon:
             self,
             self._on_run,
             self._new_region if self.sim_control else None,
+            self._beam if self.sim_control else None,
         )
         self.handlers: dict[str, Handler] = {
             "status": self.status,
@@ -297,6 +298,17 @@ class Daemon:
                 self._record("note", {"type": "instrument_event", **event})
                 if event["name"] in ("eis_done", "eis_aborted"):
                     self.runner.on_eis_done(aborted=event["name"] == "eis_aborted")
+                elif event["name"] == "limit_reached":
+                    self._voltage_stop(event["tick"], f"the instrument: {event['message']}")
+            elif kind == "step_stop":
+                self._record("note", {"type": "step_stop", **event})
+                detail = f"|Ewe| {abs(event['ewe_v']):.3g} V >= {event['limit_v']:g} V (step stop)"
+                self._voltage_stop(event["tick"], detail)
+
+    def _voltage_stop(self, tick: int, detail: str) -> None:
+        hello = self.acq.hello()
+        if hello is not None:
+            self.runner.on_voltage_stop(tick * hello["tick_fs"] * 1e-15, detail)
 
     def _publish_cubes(self) -> None:
         first = self.acq.take_dirty()
@@ -596,10 +608,16 @@ class Daemon:
 
     # --- the instrument, for the runner ----------------------------------------------
 
-    def set_current(self, amps: float) -> None:
-        self._command(lambda: self.acq.set_current(amps))
+    def set_current(self, amps: float, limit_v: float | None = None) -> None:
+        def command() -> None:
+            self.acq.set_current(amps, limit_v=limit_v)
+            if limit_v is not None:  # the host's backup of the instrument's own limit
+                self.acq.arm_step_stop(limit_v)
+
+        self._command(command)
 
     def open_circuit(self) -> None:
+        self.acq.disarm_step_stop()
         self._command(self.acq.open_circuit)
 
     def start_eis(self, f_start: float, f_stop: float, ppd: int, amplitude: float) -> None:
@@ -613,12 +631,23 @@ class Daemon:
             self.runner.abort(f"the potentiostat did not accept a command: {e}")
 
     def _new_region(self) -> None:
-        assert self.sim_control is not None
-        with socket.create_connection(self.sim_control, timeout=5) as s:
-            s.sendall(b'{"cmd": "new_region"}\n')
-            reply = json.loads(s.makefile("rb").readline())
+        reply = self._sim_request({"cmd": "new_region"})
         if not reply.get("ok"):
             raise RuntimeError(f"the simulator refused a new region: {reply}")
+
+    def _beam(self, mode: str) -> None:
+        reply = self._sim_request({"cmd": "beam", "mode": mode})
+        if not reply.get("ok"):
+            raise RuntimeError(f"the simulator refused the beam mode {mode!r}: {reply}")
+        log.info("SIMS beam %s at depth %s nm", mode, reply.get("depth_nm"))
+
+    def _sim_request(self, request: dict[str, Any]) -> dict[str, Any]:
+        """One request on the simulator's control port, and its reply."""
+        assert self.sim_control is not None
+        with socket.create_connection(self.sim_control, timeout=5) as s:
+            s.sendall(json.dumps(request).encode() + b"\n")
+            reply: dict[str, Any] = json.loads(s.makefile("rb").readline())
+        return reply
 
 
 def _check_who(operator: object, reason: object) -> None:

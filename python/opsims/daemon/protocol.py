@@ -17,8 +17,9 @@ from typing import Any, Protocol
 
 from opsims._native import ConfigError
 from opsims.config_table import TableReader
+from opsims.sim.sims import BEAM_MODES
 
-KINDS = ("rest", "constant_current", "strip", "eis", "new_region")
+KINDS = ("rest", "constant_current", "strip", "eis", "new_region", "beam", "profile")
 
 
 @dataclass(frozen=True)
@@ -34,6 +35,17 @@ class Step:
     f_stop_hz: float = 100.0
     points_per_decade: int = 10
     amplitude_v: float = 0.3
+    mode: str = ""  # beam: the SIMS beam mode to set
+    beam_after: str = "off"  # profile: the beam mode once the profile is done
+
+    @property
+    def voltage_stop(self) -> float | None:
+        """The |Ewe| that ends this current step: the instrument is told it with the
+        current (so it opens the circuit at that very sample, however fast the cell
+        moves), the native step stop is armed with it, and the runner checks it too."""
+        if self.kind == "strip":
+            return self.depletion_v
+        return self.until_v if self.kind == "constant_current" else None
 
 
 @dataclass(frozen=True)
@@ -106,6 +118,15 @@ def _step(r: TableReader, kind: str, path: str) -> Step:
         return Step(kind, label, duration_s=r.get_float("duration_s", minimum=0))
     if kind == "new_region":
         return Step(kind, label)
+    if kind == "beam":
+        return Step(kind, label, mode=_beam_mode(r, "mode"))
+    if kind == "profile":
+        return Step(
+            kind,
+            label,
+            duration_s=r.get_float("duration_s", minimum=0),
+            beam_after=_beam_mode(r, "beam_after", "off"),
+        )
     if kind == "eis":
         return Step(
             kind,
@@ -129,7 +150,9 @@ def _step(r: TableReader, kind: str, path: str) -> Step:
             depletion_v=r.get_float("depletion_v", 5.0, minimum=0, exclusive_minimum=True),
         )
     duration = r.get_float("duration_s", math.inf, minimum=0) if "duration_s" in r.table else None
-    until_v = r.get_float("until_v", minimum=0) if "until_v" in r.table else None
+    until_v = (
+        r.get_float("until_v", minimum=0, exclusive_minimum=True) if "until_v" in r.table else None
+    )
     until_q = r.get_float("until_charge_c", minimum=0) if "until_charge_c" in r.table else None
     if duration is None and until_v is None and until_q is None:
         raise r.error("duration_s", "needed unless until_v or until_charge_c ends the step")
@@ -143,10 +166,17 @@ def _step(r: TableReader, kind: str, path: str) -> Step:
     )
 
 
+def _beam_mode(r: TableReader, key: str, default: str | None = None) -> str:
+    mode: str = r.get(key, str) if default is None else r.get(key, str, default)
+    if mode not in BEAM_MODES:
+        raise r.error(key, f"expected one of {', '.join(BEAM_MODES)}, got {mode!r}")
+    return mode
+
+
 class Instrument(Protocol):
     """What the runner needs from the potentiostat link (both ends provide it)."""
 
-    def set_current(self, amps: float) -> Any: ...
+    def set_current(self, amps: float, limit_v: float | None = None) -> Any: ...
     def open_circuit(self) -> Any: ...
     def start_eis(self, f_start: float, f_stop: float, ppd: int, amplitude: float) -> Any: ...
 
@@ -165,6 +195,8 @@ class Runner:
     instrument: Instrument
     publish: Callable[[dict[str, Any]], object]
     new_region: Callable[[], None] | None = None
+    #: Sets the SIMS beam mode (``off``, ``image``, ``profile``); raises if it cannot.
+    beam: Callable[[str], None] | None = None
     state: RunState = RunState.IDLE
     protocol: RunProtocol | None = None
     run_id: str = ""
@@ -172,6 +204,7 @@ class Runner:
     _started_s: float | None = None  # None until the step's first sample
     _charge_c: float = 0.0
     _last_s: float | None = None
+    _beam_after: str | None = None  # a profile step is on: the beam mode it ends with
     _ids: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
 
     @property
@@ -186,6 +219,7 @@ class Runner:
         self.run_id = run_id or f"run-{next(self._ids)}"
         self.state = RunState.RUNNING
         self.index = -1
+        self._beam_after = None
         self._emit(-1, "started", detail=protocol.name)
         self._next(self._last_s)
         return self.run_id
@@ -219,9 +253,21 @@ class Runner:
         else:
             self._finish_step(self._last_s, "sweep", "sweep done")
 
+    def on_voltage_stop(self, device_s: float, detail: str) -> None:
+        """The instrument (``limit_reached``) or the native step stop (``step_stop``)
+        ended the current step at the sample of ``device_s``. A report of a step that
+        already ended (the runner's own check saw the same sample first) is ignored."""
+        step = self.step
+        if self.state != RunState.RUNNING or step is None or step.voltage_stop is None:
+            return
+        if self._started_s is not None and device_s <= self._started_s:
+            return
+        reason = "depletion" if step.kind == "strip" else "voltage"
+        self._finish_step(device_s, reason, detail)
+
     def _check(self, t: float, v: float) -> None:
         step = self.step
-        if step is None or step.kind in ("eis", "new_region"):
+        if step is None or step.kind in ("eis", "new_region", "beam"):
             return
         if self._started_s is None:  # the run started before any sample had arrived
             self._started_s = t
@@ -240,6 +286,11 @@ class Runner:
 
     def _finish_step(self, t: float | None, reason: str, detail: str) -> None:
         self.instrument.open_circuit()
+        if self.state != RunState.RUNNING:
+            return  # the open circuit failed and aborted the run
+        after, self._beam_after = self._beam_after, None
+        if after is not None and not self._set_beam(after):
+            return
         if self.step is not None:
             self._emit(self.index, "finished", reason, detail, device_s=t)
         self._next(t)
@@ -256,7 +307,7 @@ class Runner:
         if t is not None:
             self._emit(self.index, "started", device_s=t)
         if step.kind in ("constant_current", "strip"):
-            self.instrument.set_current(step.current_a)
+            self.instrument.set_current(step.current_a, step.voltage_stop)
         elif step.kind == "eis":
             self.instrument.start_eis(
                 step.f_start_hz, step.f_stop_hz, step.points_per_decade, step.amplitude_v
@@ -267,10 +318,36 @@ class Runner:
                 return
             self.new_region()
             self._finish_step(t, "region", "moved to a fresh region")
+        elif step.kind in ("beam", "profile"):
+            mode = step.mode if step.kind == "beam" else "profile"
+            if not self._set_beam(mode):
+                return
+            if step.kind == "beam":
+                self._finish_step(t, "beam", f"beam {mode}")
+            else:  # the circuit stays open while the beam sputters
+                self._beam_after = step.beam_after
+
+    def _set_beam(self, mode: str) -> bool:
+        """Switch the SIMS beam; False when the run cannot go on (it is aborted then)."""
+        if self.beam is None:
+            self.abort("no way to control the SIMS beam on this instrument")
+            return False
+        try:
+            self.beam(mode)
+        except (OSError, RuntimeError, ValueError) as e:
+            self.abort(f"the SIMS beam did not switch to {mode}: {e}")
+            return False
+        return self.state == RunState.RUNNING
 
     def _end(self, state: RunState, reason: str, detail: str) -> None:
         self.state = state  # first: a failing open-circuit may call abort again
         self.instrument.open_circuit()  # then at once, whatever happens next
+        after, self._beam_after = self._beam_after, None
+        if after is not None and self.beam is not None:  # a profile was cut short
+            try:
+                self.beam(after)
+            except (OSError, RuntimeError, ValueError) as e:
+                detail = f"{detail}; the SIMS beam did not switch to {after}: {e}"
         if self.step is not None and state == RunState.ABORTED:
             self._emit(self.index, "aborted", reason, detail, device_s=self._last_s)
         self._emit(-1, state.value, reason, detail)
@@ -311,6 +388,8 @@ def _params(step: Step) -> dict[str, Any]:
         "strip": ("current_a", "duration_s", "depletion_v"),
         "eis": ("f_start_hz", "f_stop_hz", "points_per_decade", "amplitude_v"),
         "new_region": (),
+        "beam": ("mode",),
+        "profile": ("duration_s", "beam_after"),
     }[step.kind]
     values = {k: getattr(step, k) for k in keys}
     return {k: (None if isinstance(v, float) and math.isinf(v) else v) for k, v in values.items()}

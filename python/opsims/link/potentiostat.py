@@ -77,6 +77,7 @@ class EventCode(enum.IntEnum):
     EIS_DONE = 1
     WATCHDOG_OPEN_CIRCUIT = 2
     EIS_ABORTED = 3
+    LIMIT_REACHED = 4
 
 
 class LinkError(Exception):
@@ -153,6 +154,7 @@ class FrameReader:
 # --- payloads -------------------------------------------------------------------------
 
 _F64 = struct.Struct("<d")
+_CURRENT_LIMIT = struct.Struct("<dd")
 _EIS = struct.Struct("<ddHd")
 _REPLY = struct.Struct("<IHH")
 _HELLO = struct.Struct("<HB5xQQdH")
@@ -183,13 +185,24 @@ class EisRequest:
         return np.logspace(math.log10(self.f_start_hz), math.log10(self.f_stop_hz), n)
 
 
-def pack_current(amps: float) -> bytes:
-    return _F64.pack(amps)
+#: The lengths a ``SET_CURRENT`` payload may have: ``amps``, or ``amps, limit_v``.
+CURRENT_PAYLOAD_LENGTHS = (_F64.size, _CURRENT_LIMIT.size)
 
 
-def unpack_current(payload: bytes) -> float:
-    (amps,) = _F64.unpack(payload)
-    return float(amps)
+def pack_current(amps: float, limit_v: float | None = None) -> bytes:
+    """``SET_CURRENT``: 8 bytes without a voltage limit, 16 with one (0 is no limit)."""
+    if limit_v is None:
+        return _F64.pack(amps)
+    return _CURRENT_LIMIT.pack(amps, limit_v)
+
+
+def unpack_current(payload: bytes) -> tuple[float, float | None]:
+    """``(amps, limit_v)``; ``limit_v`` is None in the 8-byte form."""
+    if len(payload) == _F64.size:
+        (amps,) = _F64.unpack(payload)
+        return float(amps), None
+    amps, limit_v = _CURRENT_LIMIT.unpack(payload)
+    return float(amps), float(limit_v)
 
 
 @dataclass(frozen=True)
@@ -380,8 +393,10 @@ class PotentiostatClient:
                     return reply
             self._dispatch(self._next_frame(deadline - time.monotonic()))
 
-    def set_current(self, amps: float) -> Reply:
-        return self.command(Kind.SET_CURRENT, pack_current(amps))
+    def set_current(self, amps: float, limit_v: float | None = None) -> Reply:
+        """Galvanostatic at ``amps``; with ``limit_v`` the instrument opens the circuit at
+        the first sample with |Ewe| >= ``limit_v`` and sends ``EVENT limit_reached``."""
+        return self.command(Kind.SET_CURRENT, pack_current(amps, limit_v))
 
     def open_circuit(self) -> Reply:
         return self.command(Kind.OPEN_CIRCUIT)

@@ -106,12 +106,14 @@ class _Sweep:
 @dataclass
 class PotentiostatTruth:
     """Everything the instrument did, for tests: each sample as generated (and whether a
-    host received it), cell-state snapshots, impedance sweeps, commands."""
+    host received it), cell-state snapshots, impedance sweeps, commands and events
+    (every ``EVENT`` the instrument raised, sent or not, with its unwrapped tick)."""
 
     samples: list[tuple[float, int, float, float, int, int, bool]] = field(default_factory=list)
     states: list[dict[str, Any]] = field(default_factory=list)
     sweeps: list[dict[str, Any]] = field(default_factory=list)
     commands: list[dict[str, Any]] = field(default_factory=list)
+    events: list[dict[str, Any]] = field(default_factory=list)
     connections: int = 0
     watchdog_trips: int = 0
 
@@ -142,6 +144,8 @@ class SimPotentiostat:
         self._now_s = 0.0
         self._next_state_s = 0.0
         self._setpoint_a = 0.0
+        #: The galvanostatic control's |Ewe| limit; 0 is none.
+        self._limit_v = 0.0
         self._mode = ControlMode.OPEN_CIRCUIT
         self._sweep: _Sweep | None = None
         self._last_ewe = 0.0
@@ -256,17 +260,19 @@ class SimPotentiostat:
         if frame.kind not in wire.COMMANDS:
             return wire.Reply(seq, ReplyCode.UNKNOWN_COMMAND, f"kind 0x{frame.kind:02x}")
         kind = Kind(frame.kind)
-        expected = {Kind.SET_CURRENT: 8, Kind.START_EIS: 26}.get(kind, 0)
-        if len(frame.payload) != expected:
+        expected = {Kind.SET_CURRENT: wire.CURRENT_PAYLOAD_LENGTHS, Kind.START_EIS: (26,)}
+        lengths = expected.get(kind, (0,))
+        if len(frame.payload) not in lengths:
+            takes = " or ".join(str(n) for n in lengths)
             return wire.Reply(
                 seq,
                 ReplyCode.BAD_PAYLOAD,
-                f"{kind.name} takes {expected} payload bytes, got {len(frame.payload)}",
+                f"{kind.name} takes {takes} payload bytes, got {len(frame.payload)}",
             )
         self._last_command_wall = time.monotonic()
         self.truth.commands.append({"true_s": self._now_s, "kind": kind.name})
         if kind == Kind.SET_CURRENT:
-            return self._set_current(seq, wire.unpack_current(frame.payload))
+            return self._set_current(seq, *wire.unpack_current(frame.payload))
         if kind == Kind.OPEN_CIRCUIT:
             self._open_circuit("command")
             return wire.Reply(seq, ReplyCode.OK)
@@ -276,14 +282,20 @@ class SimPotentiostat:
             return wire.Reply(seq, ReplyCode.OK, body=self._status().pack())
         return wire.Reply(seq, ReplyCode.OK)  # HEARTBEAT
 
-    def _set_current(self, seq: int, amps: float) -> wire.Reply:
+    def _set_current(self, seq: int, amps: float, limit_v: float | None) -> wire.Reply:
         limit = self.config.compliance_a
         if not math.isfinite(amps) or abs(amps) > limit:
             return wire.Reply(seq, ReplyCode.OUT_OF_RANGE, f"current {amps} A outside ±{limit} A")
+        limit_v = 0.0 if limit_v is None else limit_v
+        if not (math.isfinite(limit_v) and limit_v >= 0):
+            return wire.Reply(
+                seq, ReplyCode.OUT_OF_RANGE, f"voltage limit {limit_v} V must be finite and >= 0"
+            )
         if self._sweep is not None:
             return wire.Reply(seq, ReplyCode.BUSY, "an impedance sweep is running")
         self.cell.set_current(amps)
         self._setpoint_a = amps
+        self._limit_v = limit_v
         self._mode = ControlMode.GALVANOSTATIC
         return wire.Reply(seq, ReplyCode.OK)
 
@@ -296,6 +308,7 @@ class SimPotentiostat:
             self._event(EventCode.EIS_ABORTED, "open circuit")
         self.cell.open_circuit()
         self._setpoint_a = 0.0
+        self._limit_v = 0.0
         self._mode = ControlMode.OPEN_CIRCUIT
 
     def _start_eis(self, seq: int, req: wire.EisRequest) -> wire.Reply:
@@ -409,6 +422,18 @@ class SimPotentiostat:
         if sent:
             mask = (1 << self.config.counter_bits) - 1
             self._pending.append((tick & mask, ewe, current, int(self._mode), flags))
+        self._check_limit(ewe)
+
+    def _check_limit(self, ewe: float) -> None:
+        """The step's voltage limit, judged on every sample in cell time: the sample that
+        reaches it is sent as taken, and the circuit is open from its time on (the cell
+        advances to the next sample at zero current)."""
+        limit = self._limit_v
+        if not (limit > 0 and self._mode == ControlMode.GALVANOSTATIC and abs(ewe) >= limit):
+            return  # (a NaN sample compares false: it never ends a step)
+        self._limit_v = 0.0  # the step ended, even if a fault keeps the current on
+        self._open_circuit("limit")
+        self._event(EventCode.LIMIT_REACHED, f"|Ewe| {abs(ewe):.3f} V >= {limit:g} V")
 
     def _snapshot(self) -> None:
         state = self.cell.state()
@@ -421,15 +446,31 @@ class SimPotentiostat:
     # --- output -----------------------------------------------------------------------
 
     def _event(self, code: EventCode, message: str) -> None:
+        """An EVENT at the present sample time, after the samples taken so far."""
+        ticks = self.clock.ticks_at(self._now_s)
+        self.truth.events.append(
+            {
+                "true_s": self._now_s,
+                "tick": ticks,
+                "code": int(code),
+                "name": code.name.lower(),
+                "message": message,
+            }
+        )
+        self._pack_pending()
         tick = self.clock.counter_at(self._now_s)
         self._send(Kind.EVENT, wire.Event(tick, code, message).pack())
 
     def _flush(self) -> None:
         now = time.monotonic()
         due = now - self._last_send_wall >= SEND_INTERVAL_S or len(self._pending) >= 1024
-        if not self._pending or self._stalled() or not due:
-            self._write_outbox()
-            return
+        if self._pending and due and not self._stalled():
+            self._pack_pending()
+            self._last_send_wall = now
+        self._write_outbox()
+
+    def _pack_pending(self) -> None:
+        """Queue the pending samples for sending, in SAMPLES frames."""
         pending, self._pending = self._pending, []
         for start in range(0, len(pending), wire.MAX_SAMPLES_PER_FRAME):
             chunk = pending[start : start + wire.MAX_SAMPLES_PER_FRAME]
@@ -438,8 +479,6 @@ class SimPotentiostat:
             arr["tick"], arr["ewe_v"], arr["current_a"] = tick, ewe, cur
             arr["mode"], arr["flags"] = mode, flags
             self._send(Kind.SAMPLES, wire.pack_samples(arr))
-        self._last_send_wall = now
-        self._write_outbox()
 
     def _send(self, kind: int, payload: bytes) -> None:
         if self._client is not None:

@@ -1,7 +1,7 @@
 """The simulator process: both instruments on their own threads and TCP ports, one shared
 true timeline, and a control port for tests and operators (faults, a new probe region,
-the ground truth). Protocol of the control port: one JSON object per line each way
-(docs/simulator.md)."""
+the SIMS beam mode, the ground truth). Protocol of the control port: one JSON object per
+line each way (docs/simulator.md)."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from opsims.sim.cell import Cell
 from opsims.sim.config import SimConfig
 from opsims.sim.faults import Faults
 from opsims.sim.potentiostat import SimPotentiostat
-from opsims.sim.sims import SimSims
+from opsims.sim.sims import BEAM_CODES, BEAM_MODES, SimSims
 from opsims.sim.specimen import Specimen, SpecimenState
 from opsims.sim.timebase import Timebase
 
@@ -141,9 +141,21 @@ class Simulator:
                                 request.get("value"))  # fmt: skip
                 return {"ok": True}
             if cmd == "new_region":
-                with self.potentiostat.lock:
-                    self.cell.new_region()
-                return {"ok": True}
+                with self.sims.lock:  # the cell and the raster move together
+                    with self.potentiostat.lock:
+                        self.cell.new_region()
+                    self.sims.new_region()
+                    return {"ok": True, "region": self.sims.region}
+            if cmd == "beam":
+                mode, modes = request.get("mode"), ", ".join(BEAM_MODES)
+                if not isinstance(mode, str):
+                    return {"ok": False, "error": f'beam needs a "mode" (one of {modes})'}
+                if mode not in BEAM_MODES:
+                    return {"ok": False, "error": f"beam: unknown mode {mode!r} (one of {modes})"}
+                with self.sims.lock:
+                    entry = self.sims.set_beam(mode)
+                keys = ("mode", "depth_nm", "region", "frame")
+                return {"ok": True, **{k: entry[k] for k in keys}}
             if cmd == "truth":
                 path = request.get("path")
                 if not isinstance(path, str):
@@ -162,6 +174,8 @@ class Simulator:
             emitter = self.sims.emitter
             position = list(emitter.position) if emitter else None
             counters = emitter.truth_counters() if emitter else None
+            beam = {"beam": self.sims.beam, "region": self.sims.region,
+                    "depth_nm": self.sims.depth_nm}  # fmt: skip
         return {
             "true_s": self.timebase.now_s(),
             "acceleration": self.timebase.acceleration,
@@ -178,6 +192,7 @@ class Simulator:
                 "frames_unsent": self.sims.truth.frames_unsent,
                 "position": position,
                 "counters": counters,
+                **beam,
             },
             "faults_injected": len(self.faults.log.entries),
         }
@@ -186,9 +201,11 @@ class Simulator:
 
     def dump_truth(self, directory: Path) -> list[Path]:
         """Write what really happened: ``truth.json`` (clocks, cell, sweeps, faults,
-        detector counters), ``samples.npz`` (every potentiostat sample) and, when the
-        emitter records them, ``cubes.npz`` (true counts per species and voxel) and
-        ``events.npz`` (every generated count: ``DetectorEmitter.take_events`` columns)."""
+        detector counters, beam log, regions), ``samples.npz`` (every potentiostat
+        sample), ``frames.npz`` (depth, beam, region and shift of every raster frame) and,
+        when the emitter records them, ``cubes.npz`` (true counts per species and voxel)
+        and ``events.npz`` (every generated count: ``DetectorEmitter.take_events``
+        columns)."""
         directory.mkdir(parents=True, exist_ok=True)
         pot, sims = self.potentiostat, self.sims
         with pot.lock:
@@ -205,6 +222,7 @@ class Simulator:
                     "states": pot.truth.states,
                     "sweeps": pot.truth.sweeps,
                     "commands": pot.truth.commands,
+                    "events": pot.truth.events,
                     "connections": pot.truth.connections,
                     "watchdog_trips": pot.truth.watchdog_trips,
                     "eis_parameters": self.cell.eis_parameters(),
@@ -222,22 +240,35 @@ class Simulator:
                 "frames_unsent": sims.truth.frames_unsent,
                 "connections": sims.truth.connections,
                 "frame_fates": sims.truth.frame_fates,
-                "depth_nm_by_frame": sims.truth.depth_nm_by_frame,
+                "frame_period_ticks": emitter.frame_period_ticks if emitter else None,
                 "position": list(emitter.position) if emitter else None,
                 "counters": emitter.truth_counters() if emitter else None,
+                "specimen_seed": self.config.seed,
+                "sputter_rate_nm_per_frame": self.config.sims.sputter_rate_nm_per_frame,
+                "lateral_drift_px_per_frame": list(self.config.sims.lateral_drift_px_per_frame),
+                "beam_codes": BEAM_CODES,
+                "beam_initial": self.config.sims.beam,
+                "beam": sims.beam,
+                "region": sims.region,
+                "depth_nm": sims.depth_nm,
+                "depth_nm_by_frame": sims.truth.frame_depth_nm.tolist(),
+                "beam_log": [dict(e) for e in sims.truth.beam_log],
+                "regions": [{**r, "profiles": list(r["profiles"])} for r in sims.truth.regions],
             }
+            frames = sims.truth.frames()
             cubes = (
                 {name: emitter.truth_cube(name) for name in emitter.species}
                 if emitter is not None and self.config.sims.record_truth
                 else None
             )
             events = sims.events_so_far()
-        files = [directory / "truth.json", directory / "samples.npz"]
+        files = [directory / "truth.json", directory / "samples.npz", directory / "frames.npz"]
         files[0].write_text(json.dumps(doc, indent=1))
         np.savez(files[1], allow_pickle=False, **samples)
+        np.savez(files[2], allow_pickle=False, **frames)
         if cubes is not None:
             files.append(directory / "cubes.npz")
-            np.savez_compressed(files[2], allow_pickle=False, **cubes)
+            np.savez_compressed(files[-1], allow_pickle=False, **cubes)
         if events is not None:
             files.append(directory / "events.npz")
             np.savez(files[-1], allow_pickle=False, **events)  # large: not compressed

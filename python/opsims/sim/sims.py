@@ -2,19 +2,26 @@
 sent as live-link frames (docs/detector-link.md) by the native
 :class:`~opsims._native.DetectorEmitter`.
 
-Depth advances by the sputter rate each raster frame; the specimen's rates follow the
-cell's state. The raster starts when the first host connects (the host arms the
-acquisition) and then runs on: frames made while no host is connected are lost and
-counted, and the sequence numbers go on, so a host that reconnects sees the loss.
+The primary beam is in one of three modes: ``profile`` (sputtering: the depth advances by
+the sputter rate each raster frame), ``image`` (the depth stays) or ``off`` (blanked: only
+dark counts). The depth is kept per region of the cell and starts at 0 on a new region.
+The specimen's rates are set for every raster frame from its beam mode, depth, lateral
+drift and the cell's state. The raster starts when the first host connects (the host
+arms the acquisition) and then runs on: frames made while no host is connected are lost
+and counted, and the sequence numbers go on, so a host that reconnects sees the loss.
 """
 
 from __future__ import annotations
 
+import math
 import socket
 import threading
 import time
+import zlib
+from array import array
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+from itertools import repeat
 from typing import Any
 
 import numpy as np
@@ -28,6 +35,13 @@ from opsims.sim.specimen import Specimen, SpecimenState
 from opsims.sim.timebase import DeviceClock, Timebase
 
 SEND_TIMEOUT_S = 2.0
+#: Beam modes; the index is the code in the ground truth's per-frame ``beam`` array.
+BEAM_MODES = ("off", "image", "profile")
+BEAM_CODES = {mode: code for code, mode in enumerate(BEAM_MODES)}
+#: At most this many frames of a drifting specimen are looked ahead at once.
+_DRIFT_LOOKAHEAD = 4096
+# Link frame layout (docs/detector-link.md): sent_tick, the CRC, the records.
+_SENT_TICK_AT, _CRC_AT, _HEADER = 48, 76, 80
 
 
 @dataclass(frozen=True)
@@ -47,6 +61,10 @@ class SimsConfig:
     record_truth: bool = True
     #: Log every generated count (tick, channel, species, voxel, fate) for the truth dump.
     record_events: bool = False
+    #: The primary beam at start: "profile" (sputtering), "image" (no sputtering) or "off".
+    beam: str = "profile"
+    #: The specimen moves by (dx, dy) pixels per frame of the current region.
+    lateral_drift_px_per_frame: tuple[float, float] = (0.0, 0.0)
 
     @classmethod
     def from_mapping(cls, table: Mapping[str, Any], path: str = "sim.detector") -> SimsConfig:
@@ -71,11 +89,25 @@ class SimsConfig:
             max_records_per_frame=r.get("max_records_per_frame", int, d.max_records_per_frame),
             record_truth=r.get("record_truth", bool, d.record_truth),
             record_events=r.get("record_events", bool, d.record_events),
+            beam=r.get("beam", str, d.beam),
+            lateral_drift_px_per_frame=_drift(r),
         )
         r.reject_unknown()
         if config.start_tick >= 1 << 62:
             raise r.error("start_tick", "must be below 2**62")
+        if config.beam not in BEAM_MODES:
+            raise r.error("beam", f"expected one of {', '.join(BEAM_MODES)}, got {config.beam!r}")
         return config
+
+
+def _drift(r: TableReader) -> tuple[float, float]:
+    key = "lateral_drift_px_per_frame"
+    value = r.get(key, list, [0.0, 0.0])
+    if len(value) != 2 or not all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in value
+    ):
+        raise r.error(key, f"expected [dx, dy], two finite numbers, got {value!r}")
+    return float(value[0]), float(value[1])
 
 
 @dataclass
@@ -86,8 +118,32 @@ class SimsTruth:
     frames_unsent: int = 0
     bytes_sent: int = 0
     connections: int = 0
-    depth_nm_by_frame: list[float] = field(default_factory=list)
     frame_fates: list[tuple[int, str]] = field(default_factory=list)
+    #: One entry per raster frame begun, indexed by the emitter's frame index: its first
+    #: line start (device tick), depth, beam code, region and the specimen's shift.
+    frame_start_tick: array[int] = field(default_factory=lambda: array("Q"))
+    frame_depth_nm: array[float] = field(default_factory=lambda: array("d"))
+    frame_beam: array[int] = field(default_factory=lambda: array("B"))
+    frame_region: array[int] = field(default_factory=lambda: array("l"))
+    frame_shift_x_px: array[int] = field(default_factory=lambda: array("l"))
+    frame_shift_y_px: array[int] = field(default_factory=lambda: array("l"))
+    #: Every beam request: true time, first frame in the new mode, mode, region, depth.
+    beam_log: list[dict[str, Any]] = field(default_factory=list)
+    #: Every region: true time and first frame, and at each switch to ``profile`` the
+    #: cell's state as the specimen reads it (``SpecimenState`` fields).
+    regions: list[dict[str, Any]] = field(default_factory=list)
+
+    def frames(self) -> dict[str, npt.NDArray[Any]]:
+        """The per-frame arrays (copies), as ``frames.npz`` holds them."""
+        return {
+            "frame": np.arange(len(self.frame_depth_nm), dtype=np.int64),
+            "start_tick": np.array(self.frame_start_tick, dtype=np.uint64),
+            "depth_nm": np.array(self.frame_depth_nm, dtype=np.float64),
+            "beam": np.array(self.frame_beam, dtype=np.uint8),
+            "region": np.array(self.frame_region, dtype=np.int64),
+            "shift_x_px": np.array(self.frame_shift_x_px, dtype=np.int64),
+            "shift_y_px": np.array(self.frame_shift_y_px, dtype=np.int64),
+        }
 
 
 class SimSims:
@@ -114,10 +170,24 @@ class SimSims:
         self.lock = threading.Lock()
         self._rng = np.random.default_rng(seed + 1)
         self._client: socket.socket | None = None
-        self._frame_index = -1
         self._emitted_until = 0
         #: Event-log chunks drained from the emitter, kept so every dump has them all.
         self._events: list[dict[str, npt.NDArray[Any]]] = []
+        self.beam = config.beam
+        self.region = 0
+        self._profile_frames = 0  # of the current region: its depth is this x the rate
+        self._region_frames = 0  # frames of the current region begun: its drift
+        self._next_frame = 0  # the first frame whose rates are not set yet...
+        self._frame_start = 0  # ...and its first line start (device tick)
+        self._frame_period = 0
+        self._applied: tuple[Any, ...] | None = None  # what the emitter's rates are for
+        self._specimen_rates: tuple[tuple[float, SpecimenState], npt.NDArray[Any]] | None = None
+        self.truth.regions.append({"region": 0, "true_s": 0.0, "frame": 0, "profiles": []})
+
+    @property
+    def depth_nm(self) -> float:
+        """The depth of the next frame in the current region."""
+        return self._profile_frames * self.config.sputter_rate_nm_per_frame
 
     def serve(self, listener: socket.socket, stop: threading.Event) -> None:
         listener.settimeout(self.config.send_interval_s)
@@ -183,18 +253,115 @@ class SimSims:
         )
         self.truth.start_true_s = now
         self.truth.start_tick = start_tick
-        self._emitted_until = start_tick
-        self._update_rates()
+        self._emitted_until = self._frame_start = start_tick
+        self._frame_period = self.emitter.frame_period_ticks
 
-    def _update_rates(self) -> None:
+    # --- beam, region, per-frame rates ---------------------------------------------------
+
+    def set_beam(self, mode: str) -> dict[str, Any]:
+        """Switch the beam from the next frame not begun; the beam log's entry. Call with
+        :attr:`lock` held."""
+        if mode not in BEAM_MODES:
+            raise ValueError(f"unknown beam mode {mode!r} (expected {', '.join(BEAM_MODES)})")
+        self.beam = mode
+        entry = {
+            "true_s": self.timebase.now_s(),
+            "frame": self._next_frame,
+            "mode": mode,
+            "region": self.region,
+            "depth_nm": self.depth_nm,
+        }
+        self.truth.beam_log.append(entry)
+        if mode == "profile":
+            state = asdict(self.state_source())
+            self.truth.regions[-1]["profiles"].append(
+                {k: entry[k] for k in ("true_s", "frame", "depth_nm")} | {"state": state}
+            )
+        return entry
+
+    def new_region(self) -> None:
+        """A fresh spot of the surface from the next frame not begun: depth 0, no drift
+        yet, the region index one up. Call with :attr:`lock` held."""
+        self.region += 1
+        self._profile_frames = self._region_frames = 0
+        self.truth.regions.append(
+            {"region": self.region, "true_s": self.timebase.now_s(), "frame": self._next_frame,
+             "profiles": []}
+        )  # fmt: skip
+
+    def _emit_frames(self, target: int) -> list[bytes]:
+        """Emit up to ``target``, stopping at each frame start whose rates change to set
+        them. Call with :attr:`lock` held."""
         assert self.emitter is not None
-        frame = self.emitter.position[0]
-        if frame == self._frame_index:
-            return
-        self._frame_index = frame
-        depth = frame * self.config.sputter_rate_nm_per_frame
-        self.truth.depth_nm_by_frame.append(depth)
-        self.emitter.set_rates(self.specimen.rates(depth, self.state_source()))
+        frames: list[bytes] = []
+        state: SpecimenState | None = None
+        while self._emitted_until < target:
+            assert self._emitted_until <= self._frame_start
+            if self._emitted_until == self._frame_start:
+                if state is None and self.beam != "off":
+                    state = self.state_source()  # once per send: frames of a send share it
+                starts = -(-(target - self._frame_start) // self._frame_period)
+                self._begin_frames(starts, state)
+            stop = min(target, self._frame_start)
+            frames += self.emitter.emit_until(stop)
+            self._emitted_until = stop
+        return frames
+
+    def _begin_frames(self, n: int, state: SpecimenState | None) -> None:
+        """Set the rates of the next frame, which begins now, and record it and the ones
+        after it (of the ``n`` that begin in this send) that have the same rates."""
+        assert self.emitter is not None
+        c, k0 = self.config, self._region_frames
+        dx, dy = c.lateral_drift_px_per_frame
+        profile = self.beam == "profile"
+        shift = (_shift(k0, dx), _shift(k0, dy))
+        if profile and c.sputter_rate_nm_per_frame > 0:
+            m = 1  # every frame has its own depth
+        elif dx == 0 and dy == 0:
+            m = n
+        else:  # until the rounded drift moves by a pixel
+            ks = np.arange(k0, k0 + min(n, _DRIFT_LOOKAHEAD), dtype=np.float64)
+            same = (np.floor(ks * dx + 0.5) == shift[0]) & (np.floor(ks * dy + 0.5) == shift[1])
+            m = len(ks) if same.all() else int(np.argmin(same))
+        depth = self.depth_nm
+        if self.beam == "off":
+            key: tuple[Any, ...] = ("off",)
+        else:  # image and profile see the same
+            assert state is not None
+            key = ("on", depth, state, shift)
+        if key != self._applied:
+            self.emitter.set_rates(self._rates(depth, state, shift))
+            self._applied = key
+        t, p = self.truth, self._frame_period
+        t.frame_start_tick.extend(range(self._frame_start, self._frame_start + m * p, p))
+        t.frame_depth_nm.extend(repeat(depth, m))
+        t.frame_beam.extend(repeat(BEAM_CODES[self.beam], m))
+        t.frame_region.extend(repeat(self.region, m))
+        t.frame_shift_x_px.extend(repeat(shift[0], m))
+        t.frame_shift_y_px.extend(repeat(shift[1], m))
+        self._next_frame += m
+        self._region_frames += m
+        self._profile_frames += m if profile else 0
+        self._frame_start += m * p
+
+    def _rates(
+        self, depth: float, state: SpecimenState | None, shift: tuple[int, int]
+    ) -> npt.NDArray[Any]:
+        """The specimen's rates, moved by ``shift`` pixels with the border replicated;
+        zero with the beam off (or no state)."""
+        d = self.detector
+        if self.beam == "off" or state is None:
+            return np.zeros((len(self.specimen.species), d.ny, d.nx))
+        cached = self._specimen_rates
+        if cached is None or cached[0] != (depth, state):
+            cached = self._specimen_rates = ((depth, state), self.specimen.rates(depth, state))
+        rates = cached[1]
+        sx, sy = shift
+        if sx or sy:
+            rows = np.clip(np.arange(d.ny) - sy, 0, d.ny - 1)
+            cols = np.clip(np.arange(d.nx) - sx, 0, d.nx - 1)
+            rates = rates[:, rows[:, None], cols[None, :]]
+        return rates
 
     def _emit(self) -> None:
         assert self.emitter is not None
@@ -207,9 +374,7 @@ class SimSims:
         if target <= self._emitted_until:
             return
         with self.lock:
-            frames = self.emitter.emit_until(target)
-            self._emitted_until = target
-            self._update_rates()
+            frames = self._emit_frames(target)
         self._apply_link_faults()
         for frame in frames:
             self._send(frame)
@@ -221,6 +386,9 @@ class SimSims:
         if self._client is None:
             self.truth.frames_unsent += 1
             return
+        # Stamped as it leaves: a send spans several emitter calls, whose frames carry the
+        # call's tick, and the receiver's clock pairs each frame's tick with its arrival.
+        frame = _restamp(frame, self.clock.ticks_at(now))
         if self.faults.take("detector", "drop_frames") or (
             self.faults.detector.drop_probability > 0
             and self._rng.random() < self.faults.detector.drop_probability
@@ -260,8 +428,10 @@ class SimSims:
                 self.faults.log.add(now, "detector", "clock_jump_refused", error=str(e))
                 return
             self.clock.jump(now, ticks)
-            # The emitter jumps at its next line start; the emitted span moves with it.
+            # The emitter jumps at its next line start; the emitted span and the next
+            # frame's start (not begun, so at or after that line) move with it.
             self._emitted_until += ticks
+            self._frame_start += ticks
             tick_before = self.emitter.jumps()[-1][0]
         self.faults.log.add(now, "detector", "clock_jump", ticks=ticks, tick_before=tick_before)
 
@@ -286,3 +456,20 @@ class SimSims:
             self.faults.log.add(now, "detector", "disconnect")
             self._client.close()
             self._client = None
+
+
+def _shift(frames: int, px_per_frame: float) -> int:
+    """The drift after ``frames`` frames, rounded to whole pixels (halves up)."""
+    return math.floor(frames * px_per_frame + 0.5)
+
+
+def _restamp(frame: bytes, sent_tick: int) -> bytes:
+    """The link frame with another ``sent_tick`` (never earlier than its own), re-sealed."""
+    out = bytearray(frame)
+    own = int.from_bytes(out[_SENT_TICK_AT : _SENT_TICK_AT + 8], "little")
+    out[_SENT_TICK_AT : _SENT_TICK_AT + 8] = max(sent_tick, own).to_bytes(8, "little")
+    view = memoryview(out)
+    crc = zlib.crc32(view[_HEADER:], zlib.crc32(view[:_CRC_AT]))
+    view.release()
+    out[_CRC_AT:_HEADER] = crc.to_bytes(4, "little")
+    return bytes(out)

@@ -500,9 +500,15 @@ impl PyAcquisition {
         Ok(Some(d))
     }
 
-    #[pyo3(signature = (amps, timeout_s = 2.0))]
-    fn set_current(&self, py: Python<'_>, amps: f64, timeout_s: f64) -> PyResult<()> {
-        let reply = self.call(py, timeout_s, |a, t| a.set_current(amps, t))?;
+    #[pyo3(signature = (amps, timeout_s = 2.0, limit_v = None))]
+    fn set_current(
+        &self,
+        py: Python<'_>,
+        amps: f64,
+        timeout_s: f64,
+        limit_v: Option<f64>,
+    ) -> PyResult<()> {
+        let reply = self.call(py, timeout_s, |a, t| a.set_current(amps, limit_v, t))?;
         ok_or_refused("SET_CURRENT", reply).map(|_| ())
     }
 

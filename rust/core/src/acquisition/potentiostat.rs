@@ -766,8 +766,15 @@ impl Session for PotSession {
 /// Typed commands; a reply that is not `ok` is returned, not raised, so the caller sees
 /// the instrument's code and message.
 impl Acquisition {
-    pub fn set_current(&self, amps: f64, timeout: Duration) -> Result<Reply> {
-        self.command(kind::SET_CURRENT, &wire::pack_current(amps), timeout)
+    /// Galvanostatic at `amps`; with `limit_v` the 16-byte form, so the instrument itself
+    /// ends the step at the first sample with |Ewe| ≥ `limit_v` (`EVENT limit_reached`).
+    /// The instrument judges the limit (`out_of_range` unless finite and ≥ 0; 0 is none).
+    pub fn set_current(&self, amps: f64, limit_v: Option<f64>, timeout: Duration) -> Result<Reply> {
+        self.command(
+            kind::SET_CURRENT,
+            &wire::pack_current(amps, limit_v),
+            timeout,
+        )
     }
 
     pub fn open_circuit(&self, timeout: Duration) -> Result<Reply> {

@@ -324,7 +324,7 @@ fn samples_are_unwrapped_stamped_and_queued() {
     assert!(clocks[0].1.state().points > 0);
     // A malformed SAMPLES frame and an unexpected kind are counted, not fatal.
     peer.send(kind::SAMPLES, &[3, 0, 0, 0, 0, 0, 0, 0]);
-    peer.send(kind::SET_CURRENT, &wire::pack_current(1.0));
+    peer.send(kind::SET_CURRENT, &wire::pack_current(1.0, None));
     peer.stream
         .write_all(&wire::encode_version(2, kind::EVENT, 99, &[]).unwrap())
         .unwrap();
@@ -369,27 +369,33 @@ fn commands_get_their_own_replies_time_out_and_fail_fast_when_down() {
 
     let mut peer = Peer::accept(&l, 32);
     events_until(&acq, |e| is_link(e, LinkId::Potentiostat, LinkState::Up));
-    // Two callers on two threads; the replies come back in the opposite order.
-    let callers: Vec<_> = [1e-8, 2e-8]
+    // Two callers on two threads, one with a voltage limit (the 16-byte form); the
+    // replies come back in the opposite order.
+    let callers: Vec<_> = [(1e-8, None), (2e-8, Some(5.0))]
         .into_iter()
-        .map(|amps| {
+        .map(|(amps, limit_v)| {
             let acq = Arc::clone(&acq);
-            std::thread::spawn(move || acq.set_current(amps, T))
+            std::thread::spawn(move || acq.set_current(amps, limit_v, T))
         })
         .collect();
     let a = peer.next_of(kind::SET_CURRENT, T).unwrap();
     let b = peer.next_of(kind::SET_CURRENT, T).unwrap();
     assert_ne!(a.sequence, b.sequence);
     for f in [&b, &a] {
-        let amps = wire::unpack_current(&f.payload).unwrap();
-        peer.reply(f.sequence, reply_code::OK, &format!("{amps:e}"));
+        let (amps, limit_v) = wire::unpack_current(&f.payload).unwrap();
+        let n = f.payload.len();
+        peer.reply(
+            f.sequence,
+            reply_code::OK,
+            &format!("{amps:e} {limit_v:?} {n}"),
+        );
     }
     let mut messages: Vec<String> = callers
         .into_iter()
         .map(|t| t.join().unwrap().unwrap().message)
         .collect();
     messages.sort();
-    assert_eq!(messages, ["1e-8", "2e-8"]);
+    assert_eq!(messages, ["1e-8 None 8", "2e-8 Some(5.0) 16"]);
 
     // No reply: a timeout error; the late reply is counted, and the next command works.
     let t0 = Instant::now();
@@ -481,7 +487,7 @@ fn the_sample_check_writes_open_circuit_from_the_reader_thread() {
     assert_eq!(*seen.lock().unwrap(), [100, 200, 300]);
     assert_eq!(samples_until(&acq, 3).tick, [100, 200, 300]);
     // The gate refuses unsent.
-    let r = acq.set_current(1e-8, T);
+    let r = acq.set_current(1e-8, None, T);
     assert!(
         matches!(r, Err(AcquisitionError::Blocked(ref m)) if m == "tripped"),
         "{r:?}"

@@ -642,6 +642,8 @@ impl Interlock {
     /// The owner's command gate: no current while tripped. OPEN_CIRCUIT always passes.
     pub fn allow_command(&mut self, command: u8, payload: &[u8], now: i64) -> Result<(), String> {
         let starts_current = match command {
+            // Both forms (with and without a voltage limit) start with the amps; only
+            // exactly 0 A starts no current, a short payload counts as current.
             kind::SET_CURRENT => payload
                 .get(..8)
                 .and_then(|b| b.try_into().ok())

@@ -427,3 +427,32 @@ fn a_step_stop_limit_must_be_a_finite_positive_voltage() {
     il.arm_stop(13.5).unwrap();
     assert_eq!(il.stop_armed(), Some(13.5), "a new limit replaces it");
 }
+
+#[test]
+fn a_set_current_with_a_voltage_limit_is_gated_like_the_plain_one() {
+    use crate::link::potentiostat::pack_current;
+    let (mut il, mut link) = armed();
+    // A zero current with a limit starts nothing; a current with one does.
+    let zero = pack_current(0.0, Some(5.0));
+    il.allow_command(kind::SET_CURRENT, &zero, MS).unwrap();
+    assert!(!il.status().current_flowing);
+    let strip = pack_current(4e-8, Some(5.0));
+    assert_eq!(strip.len(), 16);
+    il.allow_command(kind::SET_CURRENT, &strip, MS).unwrap();
+    assert!(il.status().current_flowing);
+    // The gap counts from that command, as for the 8-byte form.
+    il.on_idle(MS + 500 * MS, &mut link);
+    assert_eq!(il.state(), SafetyState::Armed);
+    il.on_idle(MS + 501 * MS, &mut link);
+    assert_eq!(il.status().trip.unwrap().reason, TripReason::SampleGap);
+    // Tripped: refused in both forms, whatever the limit.
+    for payload in [
+        strip,
+        pack_current(4e-8, None),
+        pack_current(4e-8, Some(0.0)),
+    ] {
+        let refused = il.allow_command(kind::SET_CURRENT, &payload, 600 * MS);
+        assert!(refused.is_err_and(|m| m.contains("SET_CURRENT refused")));
+    }
+    assert!(il.allow_command(kind::OPEN_CIRCUIT, &[], 600 * MS).is_ok());
+}

@@ -80,12 +80,15 @@ pub mod event_code {
     pub const EIS_DONE: u16 = 1;
     pub const WATCHDOG_OPEN_CIRCUIT: u16 = 2;
     pub const EIS_ABORTED: u16 = 3;
+    /// A `SET_CURRENT` voltage limit was reached: the instrument opened the circuit.
+    pub const LIMIT_REACHED: u16 = 4;
 
     pub fn name(code: u16) -> &'static str {
         match code {
             EIS_DONE => "eis_done",
             WATCHDOG_OPEN_CIRCUIT => "watchdog_open_circuit",
             EIS_ABORTED => "eis_aborted",
+            LIMIT_REACHED => "limit_reached",
             _ => "unknown",
         }
     }
@@ -304,16 +307,28 @@ impl FrameReader {
 
 // --- payloads -------------------------------------------------------------------------
 
-/// `SET_CURRENT` payload.
-pub fn pack_current(amps: f64) -> Vec<u8> {
-    amps.to_le_bytes().to_vec()
+/// `SET_CURRENT` payload: `amps` (8 bytes), or `amps, limit_v` (16 bytes) with a voltage
+/// limit: the instrument opens the circuit itself at the first sample with |Ewe| at or
+/// beyond `limit_v` (0 is no limit).
+pub fn pack_current(amps: f64, limit_v: Option<f64>) -> Vec<u8> {
+    let mut out = amps.to_le_bytes().to_vec();
+    if let Some(v) = limit_v {
+        out.extend_from_slice(&v.to_le_bytes());
+    }
+    out
 }
 
-pub fn unpack_current(payload: &[u8]) -> Result<f64> {
+/// `(amps, limit_v)`; `limit_v` is None in the 8-byte form.
+pub fn unpack_current(payload: &[u8]) -> Result<(f64, Option<f64>)> {
     let mut f = Fields::new(payload, "SET_CURRENT");
     let amps = f.f64()?;
+    let limit_v = if payload.len() > 8 {
+        Some(f.f64()?)
+    } else {
+        None
+    };
     f.done()?;
-    Ok(amps)
+    Ok((amps, limit_v))
 }
 
 /// `START_EIS` payload (26 bytes, packed).
@@ -639,7 +654,7 @@ mod tests {
 
     #[test]
     fn frame_layout_matches_the_document() {
-        let f = encode(kind::SET_CURRENT, 7, &pack_current(-4e-8)).unwrap();
+        let f = encode(kind::SET_CURRENT, 7, &pack_current(-4e-8, None)).unwrap();
         assert_eq!(&f[0..4], b"OPSP");
         assert_eq!(&f[4..8], &[1, 0x10, 0, 0]);
         assert_eq!(&f[8..12], &7u32.to_le_bytes());
@@ -649,6 +664,18 @@ mod tests {
         assert_eq!(&f[24..28], &crc.to_le_bytes());
         // zlib.crc32(b"OPSP") as the Python end computes it: the same CRC-32 (IEEE).
         assert_eq!(crc32fast::hash(b"OPSP"), 0x7472_E6A4);
+    }
+
+    #[test]
+    fn set_current_takes_an_optional_voltage_limit() {
+        let plain = pack_current(-4e-8, None);
+        assert_eq!(plain, (-4e-8f64).to_le_bytes());
+        let limited = pack_current(4e-8, Some(5.0));
+        assert_eq!(limited.len(), 16);
+        assert_eq!(&limited[..8], &4e-8f64.to_le_bytes());
+        assert_eq!(&limited[8..], &5.0f64.to_le_bytes());
+        assert_eq!(event_code::name(event_code::LIMIT_REACHED), "limit_reached");
+        assert_eq!(event_code::LIMIT_REACHED, 4);
     }
 
     #[test]
@@ -716,7 +743,14 @@ mod tests {
         };
         assert_eq!(eis.pack().len(), 26);
         assert_eq!(EisRequest::unpack(&eis.pack()).unwrap(), eis);
-        assert_eq!(unpack_current(&pack_current(1.5e-7)).unwrap(), 1.5e-7);
+        assert_eq!(
+            unpack_current(&pack_current(1.5e-7, None)).unwrap(),
+            (1.5e-7, None)
+        );
+        assert_eq!(
+            unpack_current(&pack_current(4e-8, Some(5.0))).unwrap(),
+            (4e-8, Some(5.0))
+        );
 
         // Through frames, all kinds in one stream.
         let payloads: Vec<(u8, Vec<u8>)> = vec![
@@ -725,7 +759,8 @@ mod tests {
             (kind::SAMPLES, pack_samples(&samples).unwrap()),
             (kind::EIS_POINT, point.pack()),
             (kind::EVENT, event.pack()),
-            (kind::SET_CURRENT, pack_current(1e-8)),
+            (kind::SET_CURRENT, pack_current(1e-8, None)),
+            (kind::SET_CURRENT, pack_current(1e-8, Some(0.0))),
             (kind::OPEN_CIRCUIT, vec![]),
             (kind::START_EIS, eis.pack()),
             (kind::READ_STATUS, vec![]),
@@ -763,7 +798,9 @@ mod tests {
         assert!(Reply::unpack(&[0; 7]).is_err());
         assert!(Status::unpack(&[0; 41]).is_err());
         assert!(EisPoint::unpack(&[0; 39]).is_err());
-        assert!(unpack_current(&[0; 9]).is_err());
+        for n in [0, 7, 9, 15, 17, 24] {
+            assert!(unpack_current(&vec![0; n]).is_err(), "{n} bytes");
+        }
         let mut out = Vec::new();
         let mut p = pack_samples(&[WireSample {
             tick: 1,
