@@ -11,7 +11,13 @@ from typing import Any
 import numpy as np
 import pytest
 from opsims import ConfigError, DetectorConfig, DetectorEmitter
-from opsims.analysis.cubeset import CubeSet, SimsParameters, load_cubes, parameters_from_document
+from opsims.analysis.cubeset import (
+    CubeSet,
+    SimsParameters,
+    load_cubes,
+    parameters_from_document,
+    trim_dark,
+)
 from opsims.daemon.config import DaemonConfig
 from support.simproc import DEFAULT_CONFIG as CONFIG
 from support.simproc import merge, to_toml
@@ -120,3 +126,31 @@ def test_an_npz_loads_with_the_daemons_configuration(tmp_path: Path) -> None:
         np.testing.assert_array_equal(cs.cubes[s], cubes[s])
     with pytest.raises(ValueError, match="carries no configuration"):
         load_cubes(path)
+
+
+def test_slices_recorded_with_the_beam_blanked_are_trimmed() -> None:
+    """Electrochemistry with the beam off, then a profile, then off again: depth 0 is the
+    first slice with secondary ions."""
+    doc = _doc(nx=16, ny=8, frames_per_slice=2)
+    for p in doc["detector"]["raster"]["polarities"]:
+        p["settle_ticks"] = 0  # the default 0.4 ms would cover this small frame whole
+    detector, sims = parameters_from_document(doc)
+    e = detector.engine_args()
+    em = DetectorEmitter(
+        e["record_type"], e["tick_s"], e["nx"], e["ny"], e["dwell_ticks"], e["polarities"],
+        line_settle_ticks=e["line_settle_ticks"], flyback_ticks=e["flyback_ticks"],
+        frames_per_slice=2, frame_marker=e["frame_marker"],
+        line_start_marker=e["line_start_marker"], line_stop_marker=e["line_stop_marker"],
+        mass_switch_marker=e["mass_switch_marker"], dark_rate_hz=10.0, seed=5,
+        record_truth=True,
+    )  # fmt: skip
+    shape = (len(em.species), detector.ny, detector.nx)
+    # Rates apply from the next line start not yet made: each phase is whole frames.
+    for end_frame, rate in ((10, 0.0), (30, RATE_HZ), (36, 0.0)):
+        em.set_rates(np.full(shape, rate))
+        em.emit_until(end_frame * em.frame_period_ticks)
+    cubes = {s: em.truth_cube(s) for s in em.species}
+    n = next(iter(cubes.values())).shape[0]
+    cs = trim_dark(CubeSet(cubes, detector, sims, np.full(n, 2), "emitter"))
+    assert cs.first_slice == 5 and cs.shape[0] == 10, (cs.first_slice, cs.shape)
+    assert all(c.shape[0] == 10 for c in cs.cubes.values()) and len(cs.frames_in_slice) == 10

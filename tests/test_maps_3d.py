@@ -644,3 +644,27 @@ def test_the_shipped_configuration_reads_as_documented() -> None:
     cs = CubeSet({"Na+": np.zeros((2, 256, 256), np.uint32)}, det, sims, np.array([20, 20]), "x")
     assert cs.pixel_um == pytest.approx(150 / 256)
     np.testing.assert_allclose(depth_axis(cs).edges(), [0.0, 5.0, 10.0])
+
+
+def test_neighbouring_columns_of_unequal_height_are_two_columns() -> None:
+    """A faint column a few pixels from a bright one is a column of its own, not a
+    shoulder of the bright one; a bright column's own bumps are not."""
+    det, sims = parameters_from_document(document(nx=64))
+    yy, xx = np.indices((64, 64), dtype=np.float64)
+
+    def disc(x: float, y: float, r: float) -> npt.NDArray[np.float64]:
+        return 1.0 / (1.0 + np.exp((np.hypot(xx - x, yy - y) - r) / 0.4))
+
+    # 4 px wide and 9 px wide, 2 px apart edge to edge; the faint one a third as high.
+    mean = 20.0 * (1 + 6 * disc(30, 30, 4.5) + 2 * disc(38.5, 30, 2.0))
+    rng = np.random.default_rng(4)
+    cube = rng.poisson(np.broadcast_to(mean, (10, 64, 64))).astype(np.uint32)
+    cs = CubeSet({"Na+": cube}, det, sims, np.full(10, det.frames_per_slice), "test")
+    depth, sel = selection(cs, slices=(0, 10))
+    found = find_columns(cs, "Na+", sel, depth, min_area_px=4).columns
+    pixel = cs.pixel_um
+    assert pixel is not None
+    centres = sorted((c.centre[0] / pixel + 31.5, c.centre[1] / pixel + 31.5) for c in found)
+    assert len(centres) == 2, centres
+    for (x, y), (tx, ty) in zip(centres, [(30, 30), (38.5, 30)], strict=True):
+        assert abs(x - tx) <= 1.5 and abs(y - ty) <= 1, centres

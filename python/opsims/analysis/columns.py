@@ -147,12 +147,16 @@ def find_columns(
     edges = depth.edges()
     columns = []
     for fp in footprints:
-        w = np.where(fp, np.maximum(summed - bg, 0.0), 0.0)
+        peak = float(smooth[fp].max())
+        # The centre from the column's top (above 3/4 of its height): a neighbour's tail
+        # inside the half-maximum footprint does not pull it.
+        parts, _ = ndimage.label(fp & (smooth >= bg + 0.75 * (peak - bg)))
+        top = parts == parts.flat[int(np.argmax(np.where(fp, smooth, -np.inf)))]
+        w = np.where(top, np.maximum(summed - bg, 0.0), 0.0)
         total = float(w.sum()) or 1.0
         centre = (float(w.sum(axis=0) @ xs / total), float(w.sum(axis=1) @ ys / total))
         area = int(fp.sum())
         width = 2 * math.sqrt(area / math.pi) * (1.0 if p is None else p)
-        peak = float(smooth[fp].max())
         run = _extent(
             cube, fp, (bg_mean, bg_var), sel, (depth_k_sigma, depth_fraction), depth_smooth
         )
@@ -175,7 +179,10 @@ def find_columns(
 
 
 def _footprints(smooth: F64, level: float, bg: float, min_area: int) -> list[Mask]:
-    """Half-maximum footprints of the local maxima in each component above ``level``."""
+    """Half-maximum footprints of the distinct local maxima in each component above
+    ``level``. A maximum is a column of its own when the map dips below 80 % of its
+    height (over the background) before reaching a higher one, else it is a shoulder;
+    neighbouring columns share the pixels of their footprints by which peak is nearer."""
     labels, _ = ndimage.label(smooth > level)
     peaks = (ndimage.maximum_filter(smooth, size=3) == smooth) & (labels > 0)
     out = []
@@ -188,24 +195,52 @@ def _footprints(smooth: F64, level: float, bg: float, min_area: int) -> list[Mas
         sub = smooth[box]
         rows, cols = np.nonzero(peaks[box] & comp)
         order = np.argsort(-sub[rows, cols], kind="stable")
-        used = np.zeros_like(comp)
-        found: list[Mask] = []
+        distinct: list[tuple[int, int]] = []
         for r, c in zip(rows[order], cols[order], strict=True):
-            if used[r, c]:
-                continue
+            parts, _ = ndimage.label((sub >= bg + 0.8 * (sub[r, c] - bg)) & comp)
+            core = parts == parts[r, c]
+            if not any(core[pr, pc] for pr, pc in distinct):
+                distinct.append((int(r), int(c)))
+        if not distinct:
+            continue
+        owner = _basins(sub, distinct)
+        for i, (r, c) in enumerate(distinct):
             half = bg + 0.5 * (sub[r, c] - bg)
-            parts, _ = ndimage.label((sub >= half) & comp)
+            parts, _ = ndimage.label((sub >= half) & comp & (owner == i))
             region = parts == parts[r, c]
-            shoulder = any((region & f).any() for f in found)
-            used |= region
-            if shoulder or region.sum() < min_area:
+            if region.sum() < min_area:
                 continue
-            found.append(region)
-        for f in found:
             full = np.zeros(smooth.shape, dtype=bool)
-            full[box] = f
+            full[box] = region
             out.append(full)
     return out
+
+
+def _basins(sub: F64, peaks: list[tuple[int, int]]) -> npt.NDArray[np.intp]:
+    """For every pixel, which of ``peaks`` it belongs to: the one its steepest ascent
+    climbs to (a maximum that is not in ``peaks``, a shoulder, goes to the nearest)."""
+    h, w = sub.shape
+    index = np.arange(h * w).reshape(h, w)
+    padded = np.pad(sub, 1, constant_values=-np.inf)
+    padded_index = np.pad(index, 1, constant_values=0)
+    best, up = sub.copy(), index.copy()
+    for dy in (-1, 0, 1):
+        for dx in (-1, 0, 1):
+            v = padded[1 + dy : 1 + dy + h, 1 + dx : 1 + dx + w]
+            better = v > best
+            best = np.where(better, v, best)
+            up = np.where(better, padded_index[1 + dy : 1 + dy + h, 1 + dx : 1 + dx + w], up)
+    top = up.ravel()
+    for _ in range(h * w):  # pointer jumping: the chains halve each pass
+        nxt = top[top]
+        if np.array_equal(nxt, top):
+            break
+        top = nxt
+    ry, rx = np.divmod(top, w)
+    pr = np.array([r for r, _ in peaks])[:, None]
+    pc = np.array([c for _, c in peaks])[:, None]
+    owner: npt.NDArray[np.intp] = np.argmin((ry[None, :] - pr) ** 2 + (rx[None, :] - pc) ** 2, 0)
+    return owner.reshape(h, w)
 
 
 def _background_stats(cube: npt.NDArray[np.uint32], mask: Mask) -> tuple[F64, F64]:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -85,6 +85,8 @@ class CubeSet:
     frames_in_slice: npt.NDArray[np.int64]
     source: str
     run_id: str | None = None
+    #: The run's slice that is slice 0 here (leading slices without beam are dropped).
+    first_slice: int = 0
 
     @property
     def species(self) -> list[str]:
@@ -151,6 +153,36 @@ class CubeSet:
         return centres
 
 
+def lit_slices(cs: CubeSet, fraction: float = 0.05) -> tuple[int, int]:
+    """``(start, stop)`` of the slices from the first to the last with secondary ions:
+    a slice whose count rate over every species is below ``fraction`` of the typical
+    lit slice's had the beam blanked (dark counts only). All slices when none is lit."""
+    n = cs.shape[0]
+    live = sum(cs.live_time_s(s)[:n] for s in cs.species)
+    counts = sum(c.sum(axis=(1, 2), dtype=np.float64) for c in cs.cubes.values())
+    rate = np.divide(counts, live, out=np.zeros(n), where=np.asarray(live) > 0)
+    if not n or rate.max() <= 0:
+        return 0, n
+    typical = np.median(rate[rate >= 0.5 * rate.max()])
+    lit = np.flatnonzero(rate >= fraction * typical)
+    return int(lit[0]), int(lit[-1]) + 1
+
+
+def trim_dark(cs: CubeSet) -> CubeSet:
+    """The cube set without the leading and trailing slices recorded with the beam
+    blanked (a run's electrochemistry before its depth profile): depth 0 is then the
+    first slice with secondary ions, the surface."""
+    start, stop = lit_slices(cs)
+    if (start, stop) == (0, cs.shape[0]):
+        return cs
+    return replace(
+        cs,
+        cubes={s: c[start:stop] for s, c in cs.cubes.items()},
+        frames_in_slice=cs.frames_in_slice[start:stop],
+        first_slice=cs.first_slice + start,
+    )
+
+
 def parameters_from_document(doc: Mapping[str, Any]) -> tuple[DetectorConfig, SimsParameters]:
     """The detector and SIMS parameters of a daemon configuration document."""
     detector = DetectorConfig.from_mapping(doc.get("detector", {}))
@@ -170,12 +202,20 @@ def load_cubes(
     *,
     state_dir: str | Path | None = None,
     config: str | Path | None = None,
+    keep_dark: bool = False,
 ) -> CubeSet:
     """The cubes of a run (directory or id), a NeXus export, or an ``.npz``.
 
     ``config``, a daemon configuration file, supplies the detector and ``[sims]``
     parameters where the source carries none (an ``.npz``) and overrides them otherwise.
+    Leading and trailing slices without beam are dropped (:func:`trim_dark`) unless
+    ``keep_dark``.
     """
+    cs = _load(source, state_dir, config)
+    return cs if keep_dark else trim_dark(cs)
+
+
+def _load(source: str | Path, state_dir: str | Path | None, config: str | Path | None) -> CubeSet:
     path = Path(source)
     override = None if config is None else tomllib.loads(Path(config).read_text())
     if path.suffix in (".nxs", ".h5", ".hdf5"):

@@ -65,6 +65,9 @@ class SimsConfig:
     beam: str = "profile"
     #: The specimen moves by (dx, dy) pixels per frame of the current region.
     lateral_drift_px_per_frame: tuple[float, float] = (0.0, 0.0)
+    #: While profiling, frames within this much depth share the rates of their middle
+    #: depth (0: every frame its own); fewer rate updates let a fast simulation keep up.
+    depth_step_nm: float = 0.0
 
     @classmethod
     def from_mapping(cls, table: Mapping[str, Any], path: str = "sim.detector") -> SimsConfig:
@@ -91,6 +94,7 @@ class SimsConfig:
             record_events=r.get("record_events", bool, d.record_events),
             beam=r.get("beam", str, d.beam),
             lateral_drift_px_per_frame=_drift(r),
+            depth_step_nm=r.get_float("depth_step_nm", d.depth_step_nm, minimum=0),
         )
         r.reject_unknown()
         if config.start_tick >= 1 << 62:
@@ -315,12 +319,12 @@ class SimSims:
         dx, dy = c.lateral_drift_px_per_frame
         profile = self.beam == "profile"
         shift = (_shift(k0, dx), _shift(k0, dy))
-        if profile and c.sputter_rate_nm_per_frame > 0:
-            m = 1  # every frame has its own depth
-        elif dx == 0 and dy == 0:
-            m = n
-        else:  # until the rounded drift moves by a pixel
-            ks = np.arange(k0, k0 + min(n, _DRIFT_LOOKAHEAD), dtype=np.float64)
+        rate = c.sputter_rate_nm_per_frame
+        m = n
+        if profile and rate > 0:  # frames of one depth step share their rates
+            m = max(1, min(m, int(c.depth_step_nm / rate + 1e-9)))
+        if dx != 0 or dy != 0:  # ... and so do frames until the rounded drift moves
+            ks = np.arange(k0, k0 + min(m, _DRIFT_LOOKAHEAD), dtype=np.float64)
             same = (np.floor(ks * dx + 0.5) == shift[0]) & (np.floor(ks * dy + 0.5) == shift[1])
             m = len(ks) if same.all() else int(np.argmin(same))
         depth = self.depth_nm
@@ -330,11 +334,15 @@ class SimSims:
             assert state is not None
             key = ("on", depth, state, shift)
         if key != self._applied:
-            self.emitter.set_rates(self._rates(depth, state, shift))
+            middle = depth + 0.5 * (m - 1) * rate if profile else depth
+            self.emitter.set_rates(self._rates(middle, state, shift))
             self._applied = key
         t, p = self.truth, self._frame_period
         t.frame_start_tick.extend(range(self._frame_start, self._frame_start + m * p, p))
-        t.frame_depth_nm.extend(repeat(depth, m))
+        if profile:
+            t.frame_depth_nm.extend(depth + rate * np.arange(m))
+        else:
+            t.frame_depth_nm.extend(repeat(depth, m))
         t.frame_beam.extend(repeat(BEAM_CODES[self.beam], m))
         t.frame_region.extend(repeat(self.region, m))
         t.frame_shift_x_px.extend(repeat(shift[0], m))
