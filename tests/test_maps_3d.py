@@ -177,7 +177,7 @@ def test_a_map_is_the_cube_summed_over_the_depth_range(
     _, _, cs = emitted
     depth = depth_axis(cs)
     assert depth.calibration == "sputter rate"
-    np.testing.assert_allclose(depth.edges(), np.arange(21) * 100.0)
+    np.testing.assert_allclose(depth.edges, np.arange(21) * 100.0)
     # 250-1050 nm: the slices centred at 250, 350, ... 950 nm (1050 is a centre too).
     sel = select_slices(depth, depth_nm=(250.0, 1050.0))
     assert (sel.start, sel.stop, sel.depth_nm) == (2, 11, (200.0, 1100.0))
@@ -643,7 +643,7 @@ def test_the_shipped_configuration_reads_as_documented() -> None:
     det, sims = parameters_from_document(doc)
     cs = CubeSet({"Na+": np.zeros((2, 256, 256), np.uint32)}, det, sims, np.array([20, 20]), "x")
     assert cs.pixel_um == pytest.approx(150 / 256)
-    np.testing.assert_allclose(depth_axis(cs).edges(), [0.0, 5.0, 10.0])
+    np.testing.assert_allclose(depth_axis(cs).edges, [0.0, 5.0, 10.0])
 
 
 def test_neighbouring_columns_of_unequal_height_are_two_columns() -> None:

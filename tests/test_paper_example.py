@@ -38,3 +38,17 @@ def test_the_paper_is_reproduced_on_the_simulator(tmp_path: Path) -> None:
                              str(out / "state" / "runs" / summary["runs"][-1]["run_id"]),
                              "--json"], capture_output=True, text=True, timeout=300)  # fmt: skip
     assert json.loads(replay.stdout)["identical"] is True
+    # ... and their NeXus exports analyse exactly as the runs themselves.
+    failed_run = out / "state" / "runs" / next(r["run_id"] for r in summary["runs"]
+                                                if r["name"] == "J=0.1")  # fmt: skip
+    nxs = tmp_path / "failed.nxs"
+    export = [sys.executable, "-m", "opsims.cli", "export", str(failed_run), "--to", str(nxs)]
+    subprocess.run(export, check=True, capture_output=True, timeout=300)
+    profiles = []
+    for source in (failed_run, nxs):
+        done = subprocess.run([sys.executable, "-m", "opsims.cli", "profile", str(source),
+                               "--roi-um=-8:8,-8:8", "--json"],
+                              capture_output=True, text=True, timeout=300)  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        profiles.append(json.loads(done.stdout)["profiles"])
+    assert profiles[0] == profiles[1]

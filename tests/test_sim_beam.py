@@ -179,9 +179,14 @@ def test_beam_off_sends_only_dark_counts_while_the_raster_runs_on(tmp_path: Path
     assert truth["detector"]["counters"]["frame_markers"] >= on_from
 
 
-def test_depth_advances_per_profile_frame_and_restarts_on_a_new_region(tmp_path: Path) -> None:
+@pytest.mark.parametrize("depth_step_nm", [0.0, 1.0])
+def test_depth_advances_per_profile_frame_and_restarts_on_a_new_region(
+    tmp_path: Path, depth_step_nm: float
+) -> None:
+    """Frames that share rates over a depth step still each have their own depth."""
     rate = 0.25
-    ov = merge(FAST, {"sim": {"detector": {"sputter_rate_nm_per_frame": rate}}})
+    ov = merge(FAST, {"sim": {"detector": {"sputter_rate_nm_per_frame": rate,
+                                           "depth_step_nm": depth_step_nm}}})  # fmt: skip
     with run_sim(tmp_path, ov) as sim:
         with receiving(sim):
             wait_frames(sim, 30)

@@ -12,8 +12,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from opsims.analysis.figures import save_figure
 from opsims.analysis.profile import DepthProfile
-from opsims.analysis.profile_plots import overlay_figure, save_figure
+from opsims.analysis.profile_plots import overlay_figure
 from opsims.sim.specimen import Specimen, SpecimenConfig, SpecimenState
 
 OXIDES = ("ZrO2-", "SiO2-", "PO2-", "ZrO+")  # the SEI's species (Figs. 4, 6)

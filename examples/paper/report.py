@@ -62,7 +62,7 @@ def write_report(out: Path, summary: dict[str, Any]) -> Path:
                 f"| {row['label']} truth | {_f(t['R_GB'])} | {_f(t['R_Int'])} | "
                 f"{_f(t['C_GB'])} | {_f(t['C_Int'])} | |"
             )
-        lines += ["", "![EIS 0.04](figures/eis-J0.04.png)"]
+        lines += ["", "![EIS 0.04 (I)](figures/eis-J0.04-cycle1.png)"]
     maps = summary.get("maps")
     if maps:
         lines += [

@@ -36,7 +36,8 @@ import numpy.typing as npt
 from scipy import ndimage
 
 from opsims.analysis.cubeset import CubeSet
-from opsims.analysis.maps import DepthAxis, SliceRange, check_species, pixel_centres
+from opsims.analysis.depth import DepthAxis
+from opsims.analysis.maps import SliceRange, check_species, pixel_centres
 
 F64 = npt.NDArray[np.float64]
 Mask = npt.NDArray[np.bool_]
@@ -144,7 +145,7 @@ def find_columns(
     xs, ys = pixel_centres(nx, p), pixel_centres(ny, p)
     detected = ndimage.binary_dilation(smooth > level, iterations=2)
     bg_mean, bg_var = _background_stats(cube, ~detected)
-    edges = depth.edges()
+    edges = depth.edges
     columns = []
     for fp in footprints:
         peak = float(smooth[fp].max())

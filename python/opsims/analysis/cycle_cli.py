@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from opsims.analysis.cli_common import PUBLISH, add_json, add_state_dir, fail
 
 if TYPE_CHECKING:
     from opsims.analysis.ccd import CcdRow
@@ -39,7 +40,7 @@ def add_cycle_parsers(sub: Any) -> None:
         action="store_true",
         help="wait for the next run opsimsd publishes and judge it when it ends",
     )
-    cyc.add_argument("--publish", default="tcp://127.0.0.1:7410", help="with --live")
+    cyc.add_argument("--publish", default=PUBLISH, help="with --live")
     cyc.add_argument("--timeout", type=float, help="with --live: give up after this many s")
     cyc.add_argument("--region", type=int, help="only this region")
     cyc.add_argument(
@@ -75,15 +76,8 @@ def add_cycle_parsers(sub: Any) -> None:
 
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--area-um2", type=float, default=1.0, metavar="A", help=AREA_HELP)
-    p.add_argument(
-        "--state-dir", type=Path, help="for run ids: default $OPSIMS_STATE_DIR or ./state"
-    )
-    p.add_argument("--json", action="store_true", help="print one JSON object")
-
-
-def _fail(command: str, message: object) -> int:
-    print(f"opsims {command}: {message}", file=sys.stderr)
-    return 2
+    add_state_dir(p)
+    add_json(p)
 
 
 # -- opsims cycle ---------------------------------------------------------------------------
@@ -93,10 +87,10 @@ def run_cycle(args: argparse.Namespace) -> int:
     from opsims.analysis.classify import SCHEMA, Criteria, classify_series
 
     if not args.area_um2 > 0:
-        return _fail("cycle", "--area-um2 must be > 0")
+        return fail("cycle", "--area-um2 must be > 0")
     criteria = Criteria()
     if (args.input is None) == (not args.live):
-        return _fail("cycle", "give an INPUT or --live (not both)")
+        return fail("cycle", "give an INPUT or --live (not both)")
     try:
         if args.live:
             from opsims.analysis.live import listening, live_run
@@ -106,17 +100,17 @@ def run_cycle(args: argparse.Namespace) -> int:
         else:
             series = _load(args.input, args.state_dir)
     except (FileNotFoundError, ValueError, OSError, TimeoutError) as e:
-        return _fail("cycle", e)
+        return fail("cycle", e)
     reports = classify_series(series, criteria, args.area_um2)
     if args.region is not None:
         reports = [r for r in reports if r.region.index == args.region]
         if not reports:
             regions = [g.index for g in series.regions]
-            return _fail("cycle", f"{args.input}: no region {args.region} (regions: {regions})")
+            return fail("cycle", f"{args.input}: no region {args.region} (regions: {regions})")
     try:
         plots = _plots(args.plot, series, reports, criteria)
     except (OSError, ValueError) as e:
-        return _fail("cycle", f"--plot: {e}")
+        return fail("cycle", f"--plot: {e}")
     if args.json:
         doc = {
             "schema": SCHEMA,
@@ -152,7 +146,8 @@ def _plots(
 ) -> list[str]:
     if out is None:
         return []
-    from opsims.analysis.cycle_plots import region_figure, save_figure
+    from opsims.analysis.cycle_plots import region_figure
+    from opsims.analysis.figures import save_figure
 
     paths = []
     for r in reports:
@@ -212,21 +207,22 @@ def run_ccd(args: argparse.Namespace) -> int:
     from opsims.analysis.classify import Criteria
 
     if not args.area_um2 > 0:
-        return _fail("ccd", "--area-um2 must be > 0")
+        return fail("ccd", "--area-um2 must be > 0")
     criteria = Criteria()
     try:
         rows = _ccd_rows(args, criteria)
     except (FileNotFoundError, ValueError, OSError) as e:
-        return _fail("ccd", e)
+        return fail("ccd", e)
     result = critical_current_density(rows)
     plots: list[str] = []
     if args.plot is not None:
-        from opsims.analysis.cycle_plots import ccd_figure, save_figure
+        from opsims.analysis.cycle_plots import ccd_figure
+        from opsims.analysis.figures import save_figure
 
         try:
             plots.append(str(save_figure(ccd_figure(result, criteria), args.plot)))
         except (OSError, ValueError) as e:
-            return _fail("ccd", f"--plot: {e}")
+            return fail("ccd", f"--plot: {e}")
     if args.json:
         doc = {
             "schema": SCHEMA,

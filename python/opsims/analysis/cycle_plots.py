@@ -28,7 +28,6 @@ from opsims.analysis.classify import (
 from opsims.analysis.cycling import CyclingSeries
 
 COLOURS = {"cycled": "tab:green", "failed": "tab:red", "undetermined": "tab:gray"}
-FORMATS = ("png", "svg", "pdf")
 
 
 def region_figure(series: CyclingSeries, report: RegionReport, c: Criteria) -> Figure:
@@ -151,13 +150,3 @@ def ccd_figure(result: CcdResult, c: Criteria) -> Figure:
     ccd = "not determined" if result.ccd_ua_um2 is None else f"{result.ccd_ua_um2:g} µA µm⁻²"
     fig.suptitle(f"critical current density: {ccd}", fontsize=10)
     return fig
-
-
-def save_figure(fig: Figure, path: str | Path) -> Path:
-    """Write the figure; the suffix picks the format (``.png``, ``.svg``, ``.pdf``)."""
-    p = Path(path)
-    fmt = p.suffix.lstrip(".").lower()
-    if fmt not in FORMATS:
-        raise ValueError(f"plot file must end in .png, .svg or .pdf, got {p.name!r}")
-    fig.savefig(p, format=fmt, dpi=120)
-    return p

@@ -1,7 +1,7 @@
 """Plots of an analysed spectrum (matplotlib, drawn off-screen with the Agg canvas so no
 display or global backend is touched): Nyquist with equal axes, Bode |Z| and phase, each
 with the fitted circuit over the data, and the KK residuals against their thresholds.
-The format follows the file name: ``.png`` or ``.svg`` (anything matplotlib writes)."""
+The format follows the file name: ``.png``, ``.svg`` or ``.pdf``."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from opsims.analysis.eis_report import EisReport
+from opsims.analysis.figures import save_figure
 from opsims.analysis.kk import KKResult
 
 
@@ -99,10 +100,5 @@ def report_figure(r: EisReport) -> Figure:
 
 
 def save_report_plot(r: EisReport, path: str | Path) -> Path:
-    """Write the figure; the suffix picks the format (``.png``, ``.svg``)."""
-    p = Path(path)
-    fmt = p.suffix.lstrip(".").lower()
-    if fmt not in ("png", "svg", "pdf"):
-        raise ValueError(f"plot file must end in .png, .svg or .pdf, got {p.name!r}")
-    report_figure(r).savefig(p, format=fmt, dpi=120)
-    return p
+    """Write the report's figure; the suffix picks the format (``.png``, ``.svg``, ``.pdf``)."""
+    return save_figure(report_figure(r), path)

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -26,10 +25,11 @@ from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 
 from opsims.analysis.cubeset import CubeSet
+from opsims.analysis.depth import DepthAxis, for_cubes
+from opsims.analysis.figures import save_figure as save_figure  # where callers found it
 
 F64 = npt.NDArray[np.float64]
 U64 = npt.NDArray[np.uint64]
-FORMATS = ("png", "svg", "pdf")
 #: Raw counts as the paper's maps show them: dark for few, bright for many.
 CMAP = "inferno"
 
@@ -51,53 +51,11 @@ def pixel_edges(n: int, pixel_um: float | None) -> F64:
 # --- depth ---------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class DepthAxis:
-    """Where each slice lies below the original surface."""
-
-    #: ``n_slices + 1`` slice edges in nm, or None without a calibration.
-    edges_nm: F64 | None
-    #: ``"sputter rate"``, ``"crater depth"`` or ``"none"``.
-    calibration: str
-    n_slices: int
-
-    @property
-    def calibrated(self) -> bool:
-        return self.edges_nm is not None
-
-    def centres(self) -> F64:
-        """Slice centres: nm when calibrated, else slice indices."""
-        if self.edges_nm is None:
-            return np.arange(self.n_slices, dtype=np.float64)
-        return 0.5 * (self.edges_nm[:-1] + self.edges_nm[1:])
-
-    def edges(self) -> F64:
-        """Slice edges: nm when calibrated, else index - ½."""
-        if self.edges_nm is None:
-            return np.arange(self.n_slices + 1, dtype=np.float64) - 0.5
-        return self.edges_nm
-
-    @property
-    def unit(self) -> str:
-        return "nm" if self.calibrated else "slice"
-
-
 def depth_axis(cs: CubeSet, crater_depth_nm: float | None = None) -> DepthAxis:
-    """The depth of each slice: from a measured crater depth when given (a constant
-    sputter rate over the frames of the run), else from the configured sputter rate."""
-    n = cs.shape[0]
-    frames = np.asarray(cs.frames_in_slice[:n], dtype=np.float64)
-    cumulative = np.concatenate(([0.0], np.cumsum(frames)))
-    if crater_depth_nm is not None:
-        if not (math.isfinite(crater_depth_nm) and crater_depth_nm > 0):
-            raise ValueError(f"crater depth must be > 0 nm, got {crater_depth_nm}")
-        if cumulative[-1] <= 0:
-            raise ValueError("the cube has no frames to spread the crater depth over")
-        return DepthAxis(cumulative / cumulative[-1] * crater_depth_nm, "crater depth", n)
-    rate = cs.sims.sputter_rate_nm_per_frame
-    if rate is None:
-        return DepthAxis(None, "none", n)
-    return DepthAxis(cumulative * rate, "sputter rate", n)
+    """The depth of each slice of ``cs`` (:func:`opsims.analysis.depth.for_cubes`): from a
+    measured crater depth when given, else from the configured sputter rate; without a
+    calibration slice ``i`` is centred on ``i``, so positions are slice indices."""
+    return for_cubes(cs, crater_depth_nm, index_centred=True)
 
 
 @dataclass(frozen=True)
@@ -139,15 +97,14 @@ def select_slices(
         top, bottom = depth_nm
         if not (math.isfinite(top) and math.isfinite(bottom) and 0 <= top < bottom):
             raise ValueError(f"depth range must be 0 <= A < B nm, got {top:g}-{bottom:g}")
-        if axis.edges_nm is None:
+        if not axis.calibrated:
             raise ValueError(
                 "a depth range in nm needs a depth calibration: [sims] "
                 "sputter_rate_nm_per_frame in the configuration, or a crater depth"
             )
-        centres = axis.centres()
-        inside = np.flatnonzero((centres >= top) & (centres <= bottom))
+        inside = axis.slices_between(top, bottom)
         if inside.size == 0:
-            cube = f"{axis.edges_nm[0]:g}-{axis.edges_nm[-1]:g} nm"
+            cube = f"{axis.edges[0]:g}-{axis.edges[-1]:g} nm"
             raise ValueError(f"depth range {top:g}-{bottom:g} nm holds no slice (cube: {cube})")
         start, stop = int(inside[0]), int(inside[-1]) + 1
     elif slices is not None:
@@ -157,8 +114,8 @@ def select_slices(
             raise ValueError(f"slice range {start}:{stop} is not within 0:{n}")
     else:
         start, stop = 0, n
-    edges = axis.edges_nm
-    span = None if edges is None else (float(edges[start]), float(edges[stop]))
+    edges = axis.edges
+    span = (float(edges[start]), float(edges[stop])) if axis.calibrated else None
     return SliceRange(start, stop, span)
 
 
@@ -316,10 +273,10 @@ def ortho_slices(
     if nz == 0:
         raise ValueError("the cube has no slices yet")
     axis = depth_axis(cs, crater_depth_nm)
-    xs, ys, zs = pixel_centres(nx, cs.pixel_um), pixel_centres(ny, cs.pixel_um), axis.centres()
+    xs, ys, zs = pixel_centres(nx, cs.pixel_um), pixel_centres(ny, cs.pixel_um), axis.centres
     ix = _nearest(xs, pixel_edges(nx, cs.pixel_um), x, "x")
     iy = _nearest(ys, pixel_edges(ny, cs.pixel_um), y, "y")
-    iz = _nearest(zs, axis.edges(), depth, "depth")
+    iz = _nearest(zs, axis.edges, depth, "depth")
     return OrthoSlices(
         species,
         cube[iz].copy(),
@@ -374,7 +331,7 @@ def ortho_figure(o: OrthoSlices, title: str | None = None) -> Figure:
     fig = Figure(figsize=(13.0, 4.2), layout="constrained")
     FigureCanvasAgg(fig)
     ny, nx = o.xy.shape
-    xe, ye, ze = pixel_edges(nx, o.pixel_um), pixel_edges(ny, o.pixel_um), o.depth.edges()
+    xe, ye, ze = pixel_edges(nx, o.pixel_um), pixel_edges(ny, o.pixel_um), o.depth.edges
     top = max(int(o.xy.max()), int(o.xz.max()), int(o.yz.max()), 1)
     norm = Normalize(0, top)
     lat = "µm" if o.pixel_um is not None else "pixel"
@@ -419,13 +376,3 @@ def _range_text(sel: SliceRange) -> str:
     if sel.depth_nm is not None:
         text += f", {sel.depth_nm[0]:.4g}-{sel.depth_nm[1]:.4g} nm"
     return text
-
-
-def save_figure(fig: Figure, path: str | Path, dpi: int = 120) -> Path:
-    """Write the figure; the suffix picks the format (``.png``, ``.svg``, ``.pdf``)."""
-    p = Path(path)
-    fmt = p.suffix.lstrip(".").lower()
-    if fmt not in FORMATS:
-        raise ValueError(f"plot file must end in .png, .svg or .pdf, got {p.name!r}")
-    fig.savefig(p, format=fmt, dpi=dpi)
-    return p

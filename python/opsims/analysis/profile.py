@@ -23,6 +23,14 @@ from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 import numpy as np
 import numpy.typing as npt
 
+# The dead-time correction and the depth axis live in their own modules; their names stay
+# importable from here, where they were first defined.
+from opsims.analysis.dead_time import dead_time_correct as dead_time_correct
+from opsims.analysis.dead_time import dead_time_uncorrect as dead_time_uncorrect
+from opsims.analysis.dead_time import roi_sums as roi_sums
+from opsims.analysis.depth import DepthAxis as DepthAxis
+from opsims.analysis.depth import DepthError, for_cubes
+from opsims.analysis.depth import depth_axis as depth_axis
 from opsims.analysis.jsonable import json_safe
 from opsims.analysis.roi import Roi, full_field
 
@@ -35,129 +43,12 @@ I64 = npt.NDArray[np.int64]
 SCHEMA = "opsims.profile/1"
 Normalisation = Literal["raw", "rate", "total", "matrix", "primary"]
 NORMALISATIONS: tuple[Normalisation, ...] = ("raw", "rate", "total", "matrix", "primary")
-# Above this many counts in one voxel the per-slice histogram would be larger than the
-# slice itself; such slices are corrected voxel by voxel instead.
-_HIST_MAX = 1 << 16
-# m τ this close to 1 counts as saturated: the correction would exceed 1e9, and m τ = 1
-# itself must not escape by rounding.
-_EDGE = 1e-9
 _COLUMNS = ("raw", "live_time_s", "corrected", "corrected_sigma", "value", "sigma", "saturated")
 
 
-class ProfileError(ValueError):
-    """A profile that cannot be made as asked; the message says why."""
-
-
-# --- dead time ------------------------------------------------------------------------------
-
-
-def dead_time_correct(
-    counts: npt.ArrayLike, live_time_s: npt.ArrayLike, dead_time_s: float
-) -> tuple[F64, F64, npt.NDArray[np.bool_]]:
-    """Non-paralysable dead-time correction of recorded counts, voxel by voxel.
-
-    With ``m = counts / live_time`` the recorded rate, the true rate is
-    ``n = m / (1 - m τ)``; the corrected count is ``n (T - τ)``: ``n T`` is biased high
-    by about ``n τ`` (the correction is convex in ``m``), and one dead time less removes
-    that to first order. ``sigma`` is √counts propagated by ``dN/dc``, with the
-    sub-Poisson spread of a dead-time counter (variance ``c (1 - m τ)²``):
-    ``sigma = √c (1 - τ/T) / (1 - m τ)``. Voxels with ``m τ ≥ 1`` cannot be corrected:
-    they are returned as ``saturated`` with NaN. ``live_time_s`` broadcasts against
-    ``counts``; a live time of 0 leaves the counts as they are.
-    """
-    c = np.asarray(counts, dtype=np.float64)
-    t = np.broadcast_to(np.asarray(live_time_s, dtype=np.float64), c.shape)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        a = np.where(t > 0, dead_time_s / t, 0.0)
-        free = 1.0 - a * c
-        saturated = free <= _EDGE
-        corrected = np.where(saturated, np.nan, c * (1.0 - a) / free)
-        sigma = np.where(saturated, np.nan, np.sqrt(c) * (1.0 - a) / free)
-    return corrected, sigma, saturated
-
-
-def dead_time_uncorrect(
-    corrected: npt.ArrayLike, live_time_s: npt.ArrayLike, dead_time_s: float
-) -> F64:
-    """The recorded counts that :func:`dead_time_correct` turns into ``corrected``."""
-    n = np.asarray(corrected, dtype=np.float64)
-    t = np.broadcast_to(np.asarray(live_time_s, dtype=np.float64), n.shape)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        a = np.where(t > 0, dead_time_s / t, 0.0)
-        return np.asarray(n / (1.0 - a + a * n), dtype=np.float64)
-
-
-# --- depth ----------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class DepthAxis:
-    """Slice edges along depth: nm from the surface, or slice indices when nothing
-    calibrates the depth."""
-
-    edges: F64
-    unit: Literal["nm", "slice"]
-    #: ``sputter_rate`` (configured or given), ``crater_depth``, or ``slices``.
-    source: str
-    nm_per_frame: float | None = None
-
-    @property
-    def centres(self) -> F64:
-        return np.asarray(0.5 * (self.edges[:-1] + self.edges[1:]), dtype=np.float64)
-
-    @property
-    def calibrated(self) -> bool:
-        return self.unit == "nm"
-
-    def slices_between(self, low: float, high: float) -> npt.NDArray[np.intp]:
-        """Indices of the slices whose centre lies in ``[low, high]`` (the axis' unit)."""
-        c = self.centres
-        return np.flatnonzero((c >= low) & (c <= high))
-
-    def describe(self) -> str:
-        if self.source == "crater_depth":
-            return f"depth from the crater depth ({self.nm_per_frame:.4g} nm per frame)"
-        if self.source == "sputter_rate":
-            return f"depth from the sputter rate ({self.nm_per_frame:.4g} nm per frame)"
-        return "no depth calibration: depth is the slice index"
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "unit": self.unit,
-            "source": self.source,
-            "nm_per_frame": self.nm_per_frame,
-            "edges": self.edges.tolist(),
-            "centres": self.centres.tolist(),
-        }
-
-
-def depth_axis(
-    frames_in_slice: npt.ArrayLike,
-    *,
-    sputter_rate_nm_per_frame: float | None = None,
-    crater_depth_nm: float | None = None,
-    configured_rate_nm_per_frame: float | None = None,
-) -> DepthAxis:
-    """Depth of every slice edge. A measured crater depth is spread evenly over all the
-    frames (rate = crater / frames); else a given or configured sputter rate; else
-    the slice index."""
-    frames = np.asarray(frames_in_slice, dtype=np.int64)
-    cum = np.concatenate(([0], np.cumsum(frames))).astype(np.float64)
-    if sputter_rate_nm_per_frame is not None and crater_depth_nm is not None:
-        raise ProfileError("give a sputter rate or a crater depth, not both")
-    for name, v in (("sputter rate", sputter_rate_nm_per_frame), ("crater depth", crater_depth_nm)):
-        if v is not None and not (math.isfinite(v) and v > 0):
-            raise ProfileError(f"the {name} must be a finite number > 0, got {v}")
-    if crater_depth_nm is not None:
-        total = int(frames.sum())
-        if total <= 0:
-            raise ProfileError("no frames to spread the crater depth over")
-        rate = crater_depth_nm / total
-        return DepthAxis(cum * rate, "nm", "crater_depth", rate)
-    given = sputter_rate_nm_per_frame or configured_rate_nm_per_frame
-    if given is not None:
-        return DepthAxis(cum * given, "nm", "sputter_rate", float(given))
-    return DepthAxis(np.arange(len(frames) + 1, dtype=np.float64), "slice", "slices")
+#: A profile that cannot be made as asked; the message says why. A depth axis that cannot
+#: be made is such a profile, so the two are one type and callers catch one.
+ProfileError = DepthError
 
 
 # --- the result -----------------------------------------------------------------------------
@@ -206,7 +97,7 @@ class DepthProfile:
 
     @property
     def n_slices(self) -> int:
-        return len(self.depth.edges) - 1
+        return self.depth.n_slices
 
     def __getitem__(self, species: str) -> SpeciesProfile:
         return self.profiles[species]
@@ -293,7 +184,7 @@ class DepthProfile:
         u = meta["depth"]["unit"]
         edges = np.append(data[f"depth_start_{u}"], data[f"depth_end_{u}"][-1:])
         d = meta["depth"]
-        depth = DepthAxis(edges, u, d["source"], d["nm_per_frame"])
+        depth = DepthAxis(np.asarray(edges, dtype=np.float64), u, d["source"], d["nm_per_frame"])
         profiles = {}
         for sp in meta["species"]:
             s = sp["name"]
@@ -322,66 +213,6 @@ def _cell(v: Any) -> str:
 
 
 # --- extraction -----------------------------------------------------------------------------
-
-
-def roi_sums(
-    cube: npt.NDArray[np.uint32],
-    live_time_s: F64,
-    dead_time_s: float,
-    index: npt.NDArray[np.intp] | None,
-    offsets: npt.NDArray[np.int64] | None = None,
-) -> tuple[I64, F64, F64, I64]:
-    """Per slice: raw counts, dead-time-corrected counts, their variance, and the number
-    of saturated voxels, summed over the pixels ``index`` (flat, ``y * nx + x``; None for
-    every pixel), each slice read ``offsets[z]`` further on (registration).
-
-    The correction depends on a voxel's count only, so each slice is reduced to a
-    histogram of its counts and the sums are dot products with the correction per count:
-    one pass over the voxels, no float copy of the cube.
-    """
-    z = cube.shape[0]
-    flat = cube.reshape(z, -1)
-    t = np.asarray(live_time_s, dtype=np.float64)
-    with np.errstate(divide="ignore"):
-        a = np.where(t > 0, dead_time_s / t, 0.0)
-    raw = np.zeros(z, np.int64)
-    corr, var = np.zeros(z), np.zeros(z)
-    sat = np.zeros(z, np.int64)
-    hists: list[npt.NDArray[np.intp]] = []
-    rows: list[int] = []
-    for k in range(z):
-        row = flat[k]
-        if index is not None:
-            row = row.take(index if offsets is None else index + offsets[k])
-        if row.size == 0:
-            continue
-        if int(row.max()) <= _HIST_MAX:
-            hists.append(np.bincount(row))
-            rows.append(k)
-            continue
-        n, sd, bad = dead_time_correct(row, t[k], dead_time_s)
-        raw[k] = int(row.sum(dtype=np.int64))
-        sat[k] = int(bad.sum())
-        corr[k], var[k] = float(np.nansum(n)), float(np.nansum(sd * sd))
-    if hists:
-        width = max(len(h) for h in hists)
-        h = np.zeros((len(hists), width), np.int64)
-        for i, one in enumerate(hists):
-            h[i, : len(one)] = one
-        counts = np.arange(width, dtype=np.float64)
-        ak = a[rows][:, None]
-        free = 1.0 - ak * counts
-        ok = free > _EDGE
-        with np.errstate(divide="ignore", invalid="ignore"):
-            g = np.where(ok, (1.0 - ak) / free, 0.0)
-        raw[rows] = h @ np.arange(width, dtype=np.int64)
-        sat[rows] = (h * ~ok).sum(axis=1)
-        corr[rows] = (h * (counts * g)).sum(axis=1)
-        var[rows] = (h * (counts * g * g)).sum(axis=1)
-    bad_slices = sat > 0
-    corr[bad_slices] = np.nan
-    var[bad_slices] = np.nan
-    return raw, corr, var, sat
 
 
 class _Counts(NamedTuple):
@@ -458,12 +289,7 @@ def extract_profile(
             f"unknown normalisation {normalise!r} (one of {', '.join(NORMALISATIONS)})"
         )
     z, ny, nx = cubes.shape
-    depth = depth_axis(
-        cubes.frames_in_slice,
-        sputter_rate_nm_per_frame=sputter_rate_nm_per_frame,
-        crater_depth_nm=crater_depth_nm,
-        configured_rate_nm_per_frame=cubes.sims.sputter_rate_nm_per_frame,
-    )
+    depth = for_cubes(cubes, crater_depth_nm, sputter_rate_nm_per_frame)
     region = roi if roi is not None else full_field(ny, nx)
     if region.mask.shape != (ny, nx):
         raise ProfileError(f"the ROI mask is {region.mask.shape}, the slices are {(ny, nx)}")

@@ -9,21 +9,28 @@ command runs, so registering it costs the rest of ``opsims`` nothing.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from opsims.analysis.cli_common import (
+    CONTROL,
+    PUBLISH,
+    add_cube_input,
+    add_json,
+    add_live,
+    fail,
+    input_errors,
+    print_json,
+)
 
 if TYPE_CHECKING:
     from opsims.analysis.cubeset import CubeSet
     from opsims.analysis.profile import DepthProfile
     from opsims.analysis.roi import Roi
 
-INPUT_HELP = "a run directory or run id, a .nxs export, or an .npz from opsims replay --out"
 NORMALISE = ("raw", "rate", "total", "matrix", "primary")
-PUBLISH = "tcp://127.0.0.1:7410"
-CONTROL = "tcp://127.0.0.1:7411"
 
 
 def add_profile_parser(sub: Any) -> None:
@@ -36,16 +43,7 @@ def add_profile_parser(sub: Any) -> None:
         "drift and normalised, with a Poisson error on every value. See "
         "docs/depth-profiles.md.",
     )
-    p.add_argument("input", nargs="?", help=INPUT_HELP + " (not with --live)")
-    p.add_argument(
-        "--state-dir", type=Path, help="for run ids: default $OPSIMS_STATE_DIR or ./state"
-    )
-    p.add_argument(
-        "--config",
-        type=Path,
-        help="the daemon's configuration (TOML): detector and [sims] parameters; needed for "
-        ".npz and --live, overrides what a run or export carries",
-    )
+    add_cube_input(p, live=True)
     p.add_argument(
         "--species",
         action="append",
@@ -130,12 +128,8 @@ def add_profile_parser(sub: Any) -> None:
     )
     p.add_argument("--csv", type=Path, metavar="OUT", help="write the profile as CSV")
     p.add_argument("--plot", type=Path, metavar="OUT", help="write a plot (.png, .svg, .pdf)")
-    p.add_argument("--json", action="store_true", help="print one JSON object")
-    p.add_argument("--live", action="store_true", help="follow the running daemon's cubes")
-    p.add_argument("--publish", help=f"with --live (default: the config's, else {PUBLISH})")
-    p.add_argument("--control", help=f"with --live (default: the config's, else {CONTROL})")
-    p.add_argument("--refresh", type=float, default=2.0, help="with --live: s between updates")
-    p.add_argument("--duration", type=float, help="with --live: stop after this many s")
+    add_json(p)
+    add_live(p, "follow the running daemon's cubes", endpoints_in_config=True)
     p.set_defaults(profile_run=run_profile)
 
 
@@ -147,43 +141,32 @@ def main(argv: list[str] | None = None) -> int:
     return int(args.profile_run(args))
 
 
-def _fail(message: object) -> int:
-    print(f"opsims profile: {message}", file=sys.stderr)
-    return 2
-
-
-def _errors() -> tuple[type[BaseException], ...]:
-    from opsims._native import OpsimsError
-
-    return (FileNotFoundError, ValueError, OSError, KeyError, OpsimsError)
-
-
 def run_profile(args: argparse.Namespace) -> int:
     problem = _check(args)
     if problem:
-        return _fail(problem)
+        return fail("profile", problem)
     if args.live:
         return _run_live(args)
     from opsims.analysis.cubeset import load_cubes
 
     try:
         cubes = load_cubes(args.input, state_dir=args.state_dir, config=args.config)
-    except _errors() as e:
-        return _fail(_message(e))
+    except input_errors() as e:
+        return fail("profile", _message(e))
     try:
         main_profile, outside = analyse(cubes, args)
     except ValueError as e:
-        return _fail(e)
+        return fail("profile", e)
     try:
         written = _write(args, main_profile, outside)
     except (OSError, ValueError) as e:
-        return _fail(e)
+        return fail("profile", e)
     if args.json:
         doc = main_profile.to_json()
         if outside is not None:
             doc["outside"] = outside.to_json()
         doc["files"] = written
-        print(json.dumps(doc, allow_nan=False))
+        print_json(doc)
         return 0
     print(format_summary(main_profile))
     if outside is not None:
@@ -238,7 +221,8 @@ def analyse(
 ) -> tuple[DepthProfile, DepthProfile | None]:
     """The profile the options ask for (and the one outside the ROI with
     ``--compare-outside``). Raises ValueError with a one-line message."""
-    from opsims.analysis.profile import depth_axis, extract_profile
+    from opsims.analysis.depth import for_cubes
+    from opsims.analysis.profile import extract_profile
     from opsims.analysis.registration import estimate_drift
 
     registration = None
@@ -246,12 +230,7 @@ def analyse(
         registration = estimate_drift(
             cubes, species=_names(args.register_species), reference=args.reference
         )
-    depth = depth_axis(
-        cubes.frames_in_slice,
-        sputter_rate_nm_per_frame=args.sputter_rate,
-        crater_depth_nm=args.crater_depth_nm,
-        configured_rate_nm_per_frame=cubes.sims.sputter_rate_nm_per_frame,
-    )
+    depth = for_cubes(cubes, args.crater_depth_nm, args.sputter_rate)
     roi = static_roi if static_roi is not None else build_roi(cubes, args, depth, registration)
     kwargs: dict[str, Any] = {
         "species": _names(args.species),
@@ -312,7 +291,8 @@ def _write(
             outside.to_csv(path)
             written["csv_outside"] = str(path)
     if args.plot is not None:
-        from opsims.analysis.profile_plots import overlay_figure, profile_figure, save_figure
+        from opsims.analysis.figures import save_figure
+        from opsims.analysis.profile_plots import overlay_figure, profile_figure
 
         if outside is None:
             fig = profile_figure(profile)
@@ -404,7 +384,7 @@ def _run_live(args: argparse.Namespace) -> int:
         control = args.control or daemon.get("control", CONTROL)
         mirror = CubeMirror(publish, control)
     except (ControlError, FileNotFoundError, ValueError, OSError) as e:
-        return _fail(e)
+        return fail("profile", e)
     print(f"opsims profile: following {publish}", file=sys.stderr, flush=True)
     end = None if args.duration is None else time.monotonic() + args.duration
     static: Roi | None = None
@@ -429,22 +409,22 @@ def _run_live(args: argparse.Namespace) -> int:
                     if args.json:
                         doc_out = profile.to_json()
                         doc_out["files"] = written
-                        print(json.dumps(doc_out, allow_nan=False), flush=True)
+                        print_json(doc_out)
                     else:
                         print(live_line(profile), flush=True)
             except RoiError as e:
                 if static is None and (args.roi or args.roi_um):
-                    return _fail(e)
+                    return fail("profile", e)
                 # A threshold island may not be there yet: say so and keep following.
                 print(f"opsims profile: {e}", file=sys.stderr, flush=True)
             except ValueError as e:
-                return _fail(e)
+                return fail("profile", e)
             if end is not None and time.monotonic() >= end:
                 return 0
     except KeyboardInterrupt:
         return 0
     except ControlError as e:
-        return _fail(e)
+        return fail("profile", e)
     finally:
         mirror.close()
 

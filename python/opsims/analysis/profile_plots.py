@@ -15,9 +15,9 @@ from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from opsims.analysis.figures import save_figure as save_figure  # where callers found it
 from opsims.analysis.profile import DepthProfile
 
-FORMATS = ("png", "svg", "pdf")
 #: The paper's species keep their colour from plot to plot.
 COLOURS = {
     "Na+": "tab:orange",
@@ -102,13 +102,3 @@ def overlay_figure(
         first.legend(fontsize=8, ncols=2, loc="best")
     fig.suptitle(title or Path(profiles[0].source).name, fontsize=10)
     return fig
-
-
-def save_figure(fig: Figure, path: str | Path) -> Path:
-    """Write the figure; the suffix picks the format (``.png``, ``.svg``, ``.pdf``)."""
-    p = Path(path)
-    fmt = p.suffix.lstrip(".").lower()
-    if fmt not in FORMATS:
-        raise ValueError(f"plot file must end in .png, .svg or .pdf, got {p.name!r}")
-    fig.savefig(p, format=fmt, dpi=120)
-    return p

@@ -25,13 +25,8 @@ from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 
 from opsims.analysis.cubeset import CubeSet
-from opsims.analysis.maps import (
-    CMAP,
-    DepthAxis,
-    SliceRange,
-    check_species,
-    pixel_edges,
-)
+from opsims.analysis.depth import DepthAxis
+from opsims.analysis.maps import CMAP, SliceRange, check_species, pixel_edges
 
 F64 = npt.NDArray[np.float64]
 U64 = npt.NDArray[np.uint64]
@@ -105,7 +100,7 @@ def binned_volume(
     fz, fy, fx = factors
     xe = pixel_edges(nx, cs.pixel_um)[_bounds(nx, fx)]
     ye = pixel_edges(ny, cs.pixel_um)[_bounds(ny, fy)]
-    ze = depth.edges()[sel.start + _bounds(nz, fz)]
+    ze = depth.edges[sel.start + _bounds(nz, fz)]
     if depth.calibrated:
         ze = ze / 1000.0
     return Volume(

@@ -28,7 +28,8 @@ import numpy as np
 import numpy.typing as npt
 
 from opsims.analysis.cubeset import CubeSet
-from opsims.analysis.maps import DepthAxis, SliceRange, check_species, pixel_centres
+from opsims.analysis.depth import DepthAxis
+from opsims.analysis.maps import SliceRange, check_species, pixel_centres
 
 Encoding = Literal["raw", "base64"]
 Location = Literal["cell", "point"]
@@ -45,7 +46,7 @@ def vti_geometry(
     nz = sel.n
     p = cs.pixel_um
     dx = 1.0 if p is None else p
-    edges = depth.edges()[sel.start : sel.stop + 1]
+    edges = depth.edges[sel.start : sel.stop + 1]
     if depth.calibrated:
         edges = edges / 1000.0
     steps = np.diff(edges)
@@ -164,8 +165,8 @@ def write_h5(
     if cs.pixel_um is not None:
         common["pixel_um"] = cs.pixel_um
         common["fov_um"] = cs.pixel_um * cs.shape[2]
-    if depth.edges_nm is not None:
-        edges = depth.edges_nm[sel.start : sel.stop + 1]
+    if depth.calibrated:
+        edges = np.asarray(depth.edges[sel.start : sel.stop + 1])
         common["slice_edges_nm"] = edges
         common["depth_per_slice_nm"] = float(np.max(np.diff(edges))) if sel.n else 0.0
     with h5py.File(p, "w") as f:
