@@ -36,3 +36,37 @@ def test_unit_is_notify_with_watchdog_and_sandbox() -> None:
         assert lines[key] == "yes", key
     assert lines["ProtectSystem"] == "strict"
     assert lines["StateDirectory"] == "opsims"
+
+
+def settings() -> dict[str, list[str]]:
+    """The unit's settings, each key with every value it is given (in order)."""
+    out: dict[str, list[str]] = {}
+    for line in UNIT.read_text().splitlines():
+        if "=" in line and not line.startswith(("#", "[")):
+            key, value = line.split("=", 1)
+            out.setdefault(key.strip(), []).append(value.strip())
+    return out
+
+
+def test_unit_runs_unprivileged_in_a_sandbox_and_keeps_its_state_private() -> None:
+    s = {key: values[-1] for key, values in settings().items()}
+    # Its own user, never root; no capabilities at all, nor a way to gain any.
+    assert s["User"] not in ("", "root", "0") and "DynamicUser" not in s
+    assert s["CapabilityBoundingSet"] == "" and s["AmbientCapabilities"] == ""
+    for key in ("NoNewPrivileges", "ProtectHome", "PrivateTmp", "PrivateDevices",
+                "ProtectKernelTunables", "ProtectKernelModules", "ProtectKernelLogs",
+                "ProtectControlGroups", "ProtectClock", "ProtectHostname", "RestrictNamespaces",
+                "RestrictRealtime", "RestrictSUIDSGID", "LockPersonality", "RemoveIPC",
+                "MemoryDenyWriteExecute"):  # fmt: skip
+        assert s[key] == "yes", key
+    assert s["ProtectSystem"] == "strict"  # writable: only its state and runtime folders
+    assert s["ProtectProc"] == "invisible"
+    assert s["SystemCallArchitectures"] == "native"
+    assert "@system-service" in s["SystemCallFilter"].split()
+    # The daemon's sockets (ZeroMQ over TCP or ipc), the notify socket: nothing else.
+    assert set(s["RestrictAddressFamilies"].split()) == {"AF_UNIX", "AF_INET", "AF_INET6"}
+    # Runs, journals and the safety record: not written, nor read, by other users.
+    assert s["StateDirectory"] == "opsims" and "ReadWritePaths" not in s
+    assert int(s["UMask"], 8) & 0o027 == 0o027
+    assert int(s["StateDirectoryMode"], 8) & 0o027 == 0
+    assert int(s["RuntimeDirectoryMode"], 8) & 0o027 == 0

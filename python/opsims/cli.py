@@ -57,6 +57,12 @@ def main(argv: list[str] | None = None) -> int:
         if name == "snapshot":
             p.add_argument("--what", choices=("cubes", "profile"), default="profile")
             p.add_argument("--out", type=Path, help="write the arrays to this .npz")
+    keys = sub.add_parser("keys", help="CURVE key pairs for the daemon and its clients")
+    keys_sub = keys.add_subparsers(dest="keys_command", required=True)
+    new = keys_sub.add_parser("new", help="write NAME.key (secret, 0600) and NAME.pub")
+    new.add_argument("name", help="the key's name: the client's name in [security]")
+    new.add_argument("--dir", type=Path, default=Path("."), help="where (default: here)")
+    new.add_argument("--json", action="store_true", help="machine-readable output")
     replay = sub.add_parser("replay", help="rebuild a run's cubes from its journal")
     replay.add_argument("run", help="a run directory, or a run id under STATE_DIR/runs")
     replay.add_argument("--state-dir", type=Path, help="default: $OPSIMS_STATE_DIR or ./state")
@@ -89,11 +95,13 @@ def main(argv: list[str] | None = None) -> int:
         return _replay(args)
     if args.command == "export":
         return _export(args)
+    if args.command == "keys":
+        return _keys(args)
     if args.command == "demo":
         from opsims.demo import main as demo_main
 
         return demo_main(args.config, args.protocol, args.acceleration)
-    from opsims.client import ControlError
+    from opsims.client import ControlError, KeyFileError
 
     try:
         return {"status": _status, "run": _run, "snapshot": _snapshot,
@@ -101,6 +109,26 @@ def main(argv: list[str] | None = None) -> int:
     except ControlError as e:
         print(f"opsims {args.command}: {e.code}: {e.message}", file=sys.stderr)
         return 1
+    except KeyFileError as e:  # OPSIMS_CLIENT_KEY / OPSIMS_SERVER_KEY
+        print(f"opsims {args.command}: {e}", file=sys.stderr)
+        return 2
+
+
+def _keys(args: argparse.Namespace) -> int:
+    from opsims.keys import KeyFileError, new_key_pair
+
+    try:
+        secret, public, key = new_key_pair(args.name, args.dir)
+    except KeyFileError as e:
+        print(f"opsims keys new: {e}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps({"secret_key_file": str(secret), "public_key_file": str(public),
+                          "public_key": key}))  # fmt: skip
+    else:
+        print(f"secret key {secret} (keep it private: mode 0600)")
+        print(f"public key {public}: {key}")
+    return 0
 
 
 def _replay(args: argparse.Namespace) -> int:

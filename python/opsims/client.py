@@ -10,6 +10,9 @@ daemon's cubes kept current by snapshot plus updates (ZeroMQ guide, Clone patter
     with Subscriber("tcp://127.0.0.1:7410", ["ec", "safety"]) as sub:
         for msg in sub:
             print(msg.topic, msg.seq, msg.fields)
+
+Against a daemon with CURVE keys (docs/publishing.md, "Security") every client takes its
+keys from ``OPSIMS_CLIENT_KEY`` and ``OPSIMS_SERVER_KEY`` unless given ``curve=``.
 """
 
 from __future__ import annotations
@@ -19,16 +22,26 @@ import time
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Self
+from typing import Any, Literal, Self
 
 import numpy as np
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
 from opsims import wire
+from opsims.keys import ClientKeys, KeyFileError
 from opsims.wire import Array, ControlError, Message, Reply, WireError
 
-__all__ = ["Control", "ControlError", "CubeMirror", "Message", "Snapshot", "Subscriber"]
+__all__ = [
+    "ClientKeys",
+    "Control",
+    "ControlError",
+    "CubeMirror",
+    "KeyFileError",
+    "Message",
+    "Snapshot",
+    "Subscriber",
+]
 
 #: How soon ZeroMQ retries a lost connection (it does so by itself, forever).
 RECONNECT_IVL_MS = 100
@@ -41,7 +54,16 @@ KEEPALIVE_INTVL_S = 2
 KEEPALIVE_CNT = 3
 
 GapCallback = Callable[[str, int, int], None]
+#: A client's CURVE keys; None: from the environment (OPSIMS_CLIENT_KEY and
+#: OPSIMS_SERVER_KEY, plain when neither is set); False: plain, whatever it says.
+Curve = ClientKeys | Literal[False] | None
 _UNSET: Any = object()
+
+
+def _curve(curve: Curve) -> ClientKeys | None:
+    if curve is False:
+        return None
+    return curve if curve is not None else ClientKeys.from_env()
 
 
 class _Disconnect:
@@ -80,7 +102,7 @@ class Subscriber(_Closing):
     The first message of a topic, the first after a reconnect (``reconnects``) and a
     number that goes back (the daemon restarted: ``restarts``) are not gaps.
     A malformed message raises :class:`WireError` from :meth:`recv`; the next call
-    carries on.
+    carries on. ``curve``: the CURVE keys, for a daemon that protects its stream.
     """
 
     def __init__(
@@ -93,7 +115,9 @@ class Subscriber(_Closing):
         rcvhwm: int = 10_000,
         on_gap: GapCallback | None = None,
         on_reconnect: Callable[[], None] | None = None,
+        curve: Curve = None,
     ) -> None:
+        keys = _curve(curve)
         self.endpoint = endpoint
         self.timeout_s = timeout_s
         self.on_gap = on_gap
@@ -114,6 +138,8 @@ class Subscriber(_Closing):
             sock.setsockopt(option, value)
         for prefix in prefixes:
             sock.setsockopt(zmq.SUBSCRIBE, prefix)
+        if keys is not None:
+            keys.apply(sock)
         self._monitor = sock.get_monitor_socket(zmq.EVENT_DISCONNECTED)
         try:
             sock.connect(endpoint)
@@ -222,13 +248,21 @@ class Control(_Closing):
     """Requests to the daemon's control socket. Every call waits at most ``timeout_s``;
     a timeout raises :class:`ControlError` with code ``"timeout"`` and replaces the
     socket (a REQ socket that lost its reply is stuck otherwise). A refused request
-    raises :class:`ControlError` with the daemon's code and message."""
+    raises :class:`ControlError` with the daemon's code and message (``forbidden``:
+    this client's key lacks the permission). ``curve``: the CURVE keys; a daemon that
+    does not admit them never answers (``timeout``)."""
 
     def __init__(
-        self, endpoint: str, *, timeout_s: float = 5.0, context: zmq.Context[Any] | None = None
+        self,
+        endpoint: str,
+        *,
+        timeout_s: float = 5.0,
+        context: zmq.Context[Any] | None = None,
+        curve: Curve = None,
     ) -> None:
         self.endpoint = endpoint
         self.timeout_s = timeout_s
+        self._keys = _curve(curve)
         self._context = context if context is not None else zmq.Context.instance()
         self._sock = self._open()
 
@@ -237,6 +271,8 @@ class Control(_Closing):
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.RCVTIMEO, max(1, round(self.timeout_s * 1e3)))
         sock.setsockopt(zmq.SNDTIMEO, max(1, round(self.timeout_s * 1e3)))
+        if self._keys is not None:
+            self._keys.apply(sock)
         try:
             sock.connect(self.endpoint)
         except zmq.ZMQError:
@@ -315,6 +351,7 @@ class CubeMirror(_Closing):
     daemon restart, a rebin or cubes started over for a new run (``epoch``) takes a
     fresh snapshot (``syncs`` counts them all).
     Call :meth:`poll` regularly; ``seq`` is the last cube message the copy includes.
+    ``curve`` is as for :class:`Control` and serves both sockets.
     """
 
     def __init__(
@@ -325,15 +362,23 @@ class CubeMirror(_Closing):
         context: zmq.Context[Any] | None = None,
         rcvhwm: int = 100_000,
         timeout_s: float = 10.0,
+        curve: Curve = None,
     ) -> None:
+        # The environment read once, for both sockets.
+        keys: Curve = _curve(curve) or False
         self._own_control = not isinstance(control, Control)
         self.control = (
             control
             if isinstance(control, Control)
-            else Control(control, timeout_s=timeout_s, context=context)
+            else Control(control, timeout_s=timeout_s, context=context, curve=keys)
         )
         self.subscriber = Subscriber(
-            endpoint, ("cube",), context=context, rcvhwm=rcvhwm, on_reconnect=self._invalidate
+            endpoint,
+            ("cube",),
+            context=context,
+            rcvhwm=rcvhwm,
+            on_reconnect=self._invalidate,
+            curve=keys,
         )
         self.cubes: dict[str, Array] = {}
         self.species: list[str] = []

@@ -193,10 +193,13 @@ class DaemonProcess:
 
 
 @contextmanager
-def run_daemon(tmp: Path, override: Mapping[str, Any]) -> Iterator[DaemonProcess]:
-    """`opsimsd` as a process on a test configuration, its sockets on free ports."""
+def run_daemon(
+    tmp: Path, override: Mapping[str, Any], host: str = "127.0.0.1"
+) -> Iterator[DaemonProcess]:
+    """`opsimsd` as a process on a test configuration, its sockets on free ports of
+    `host` (the address both are bound to)."""
     doc = merge(default_document(), override)
-    doc = merge(doc, {"daemon": {"publish": "tcp://127.0.0.1:*", "control": "tcp://127.0.0.1:*",
+    doc = merge(doc, {"daemon": {"publish": f"tcp://{host}:*", "control": f"tcp://{host}:*",
                                  "state_dir": str(tmp / "state")}})  # fmt: skip
     config = tmp / "opsimsd.toml"
     config.write_text(to_toml(doc))

@@ -1,5 +1,6 @@
-"""opsimsd's configuration: the ``[daemon]``, ``[links]``, ``[safety]`` and ``[journal]``
-tables, the shared ``[detector]`` table, and ``[sim]`` when the simulator is the instrument.
+"""opsimsd's configuration: the ``[daemon]``, ``[links]``, ``[safety]``, ``[journal]`` and
+``[security]`` tables, the shared ``[detector]`` table, and ``[sim]`` when the simulator is
+the instrument.
 Everything is checked at start, with the key path in every message (docs/daemon.md)."""
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from opsims.analysis.cubeset import SimsParameters
 from opsims.config_table import TableReader, apply_overrides, load_toml
 from opsims.daemon.journal import JournalConfig
 from opsims.daemon.safety import SafetyConfig
+from opsims.daemon.security import SecurityConfig, insecure_binding_error, insecure_bindings
 from opsims.detector import DetectorConfig
 from opsims.sim.config import SimConfig
 
@@ -54,6 +56,7 @@ class DaemonConfig:
     potentiostat_clock_window_s: float = 30.0
     safety: SafetyConfig = field(default_factory=SafetyConfig)
     journal: JournalConfig = field(default_factory=JournalConfig)
+    security: SecurityConfig = field(default_factory=SecurityConfig)
 
     @property
     def clock_time_scale(self) -> float:
@@ -69,7 +72,7 @@ class DaemonConfig:
     @classmethod
     def from_document(cls, doc: Mapping[str, Any], path: Path) -> DaemonConfig:
         top = TableReader(doc, "")
-        for key in ("detector", "daemon", "links", "sim", "safety", "journal", "sims"):
+        for key in ("detector", "daemon", "links", "sim", "safety", "journal", "sims", "security"):
             top.used.add(key)
         unknown = sorted(set(doc) - top.used)
         if unknown:
@@ -114,6 +117,8 @@ class DaemonConfig:
             ),
             safety=SafetyConfig.from_mapping(top.get("safety", dict, {})),
             journal=JournalConfig.from_mapping(top.get("journal", dict, {})),
+            # Key files are found from the configuration's folder (/etc/opsims/).
+            security=SecurityConfig.from_mapping(top.get("security", dict, {}), path.parent),
         )
         r.reject_unknown()
         # Read by the analyses, not the daemon; checked here so a typo fails at start.
@@ -123,6 +128,10 @@ class DaemonConfig:
             raise r.error("reconnect_max_s", "must not be below reconnect_initial_s")
         if config.liveness_s <= config.heartbeat_s:
             raise r.error("liveness_s", "must exceed heartbeat_s")
+        if not config.security.allow_insecure_bind:
+            for key, problem in insecure_bindings(config.security, config.publish,
+                                                  config.control):  # fmt: skip
+                raise r.error(key, insecure_binding_error(key, problem))
         return config
 
 

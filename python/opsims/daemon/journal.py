@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
 import threading
 import time
 from collections.abc import Mapping
@@ -23,6 +22,7 @@ import numpy as np
 
 from opsims._native import JournalError, JournalWriter, recover_journal
 from opsims.config_table import TableReader
+from opsims.daemon.files import make_dir, open_private
 from opsims.replay import RUN_FILE
 
 log = logging.getLogger("opsimsd")
@@ -102,8 +102,9 @@ class RunRecord:
     ) -> None:
         self.run_id = run_id
         self.dir = runs_dir / run_id
-        self.dir.mkdir(parents=True, exist_ok=False)
-        shutil.copyfile(config_path, self.dir / "config.toml")
+        make_dir(self.dir, exist_ok=False)
+        with open_private(self.dir / "config.toml", "wb") as f:
+            f.write(config_path.read_bytes())
         _write_json(self.dir / "protocol.json", dict(protocol))
         self.info: dict[str, Any] = {
             "format": "opsims-run/1",
@@ -200,7 +201,7 @@ def recover_runs(runs_dir: Path) -> list[dict[str, Any]]:
 def _write_json(path: Path, doc: Mapping[str, Any]) -> None:
     """Written whole or not at all: a crash leaves the previous version."""
     tmp = path.with_suffix(path.suffix + ".tmp")
-    with open(tmp, "w") as f:
+    with open_private(tmp) as f:
         json.dump(doc, f, indent=1, default=_plain)
         f.flush()
         os.fsync(f.fileno())

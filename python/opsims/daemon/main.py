@@ -44,6 +44,7 @@ from opsims.daemon.publisher import (
     snapshot_handler,
 )
 from opsims.daemon.safety import SafetyRecord, sample_array, topic_fields
+from opsims.daemon.security import Gate, check_classified, insecure_bindings
 from opsims.wire import EC_SAMPLE_DTYPE, ControlError
 
 log = logging.getLogger("opsimsd")
@@ -78,6 +79,8 @@ class Daemon:
         self.record: RunRecord | None = None
         self.closing: list[RunRecord] = []
         self.journal_alarm: str | None = None
+        # The client (its name, from CURVE) whose control request is being handled.
+        self._client: str | None = None
 
     # --- life cycle -------------------------------------------------------------------
 
@@ -93,6 +96,12 @@ class Daemon:
 
     def _open(self) -> None:
         c = self.config
+        ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
+        # First: the ZAP handler is bound before any socket could take a connection.
+        self.gate = Gate(c.security, ctx, self._on_security)
+        for key, problem in insecure_bindings(c.security, c.publish, c.control):
+            log.warning("security: daemon.%s: %s; allowed by security.allow_insecure_bind",
+                        key, problem)  # fmt: skip
         # Runs a crash left open are closed first: the torn tail cut, what was kept noted.
         self.recovered = recover_runs(self.runs_dir)
         det_addr = (c.detector_link.host, c.detector_link.port)
@@ -130,17 +139,22 @@ class Daemon:
             )
             log.error("safety: trip latched before the restart (%s): %s",
                       latched["reason"], latched["detail"])  # fmt: skip
-        ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
         self.pub = Publisher(
             c.publish,
             source=f"{c.source}@{socket.gethostname()}",
             sndhwm=c.sndhwm,
             context=ctx,
             species=self.acq.species,
+            secure=lambda sock: self.gate.protect(sock, "publish"),
         )
         self.control = ctx.socket(zmq.REP)
         self.control.setsockopt(zmq.LINGER, 0)
+        self.gate.protect(self.control, "control")
         self.control.bind(c.control)
+        if c.security.curve:
+            log.info("security: CURVE on control (%d clients)%s",
+                     len(c.security.control_clients),
+                     " and on publish" if c.security.publish_curve else "")  # fmt: skip
         # One line for scripts and tests, as opsims-sim does: where to subscribe and call.
         endpoints = {
             "publish": self.pub.endpoint,
@@ -165,6 +179,7 @@ class Daemon:
                 self.pub, {"cubes": self._cubes, "profile": self._profile}
             ),
         }
+        check_classified(self.handlers)
 
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
         self.stop_requested = True
@@ -220,7 +235,8 @@ class Daemon:
             for record in self.closing:
                 record.close_in_background({}).join()
         finally:
-            for closable in ("pub", "control"):
+            # The gate last: the handshakes of its sockets need it while they are open.
+            for closable in ("pub", "control", "gate"):
                 if getattr(self, closable, None) is not None:
                     getattr(self, closable).close()
             self._stop_simulator()
@@ -383,9 +399,31 @@ class Daemon:
     # --- control ----------------------------------------------------------------------
 
     def _serve_control(self) -> None:
+        self.gate.serve()  # handshakes waiting for a verdict
         while self.control.poll(0, zmq.POLLIN):
-            frames = self.control.recv_multipart(copy=True)
-            self.control.send_multipart(handle_request(frames, self.handlers), copy=False)
+            frames = self.control.recv_multipart(copy=False)
+            self._client = self.gate.client_of(frames[0])
+            try:
+                reply = handle_request([f.bytes for f in frames], self.handlers, self._authorize)
+            finally:
+                self._client = None
+            self.control.send_multipart(reply, copy=False)
+
+    def _by_client(self) -> dict[str, str]:
+        """Who sent the command being handled, for its records: the client's name from
+        its CURVE key (nothing without keys)."""
+        return {"client": self._client} if self._client is not None else {}
+
+    def _authorize(self, cmd: str) -> None:
+        self.gate.authorize(self._client, cmd)
+
+    def _on_security(self, fields: dict[str, Any]) -> None:
+        """A denied handshake or a refused command: logged, published, recorded."""
+        held = fields.get("suppressed", 0)
+        more = f" (and {held} more like it held back)" if held else ""
+        log.warning("security: %s%s", fields["detail"], more)
+        self.pub.publish("security", fields)
+        self._record("control", fields)
 
     def status(self) -> dict[str, Any]:
         counters = self.acq.counters()
@@ -425,6 +463,7 @@ class Daemon:
                 "cube_budget_bytes": self.config.detector.memory_budget_bytes,
             },
             "publisher": self.pub.stats(),
+            "security": self.gate.status(),
             "safety_state": self.safety["state"],
             "safety_record_failures": self.safety_record.write_failures,
             "journal": {
@@ -457,6 +496,7 @@ class Daemon:
             "species": self.acq.species,
             "overrides": self.overrides,
             "operator": operator,
+            **self._by_client(),
             # What `opsims replay` builds its pipeline from.
             "engine": {
                 **self.config.detector.engine_args(),
@@ -481,18 +521,21 @@ class Daemon:
         self._reset_cubes()
         self.acq.start_recording(record.writer, fresh_cubes=True)
         self._record("control", {"command": "start_run", "operator": operator,
-                                 "reason": reason, "protocol": parsed.name})  # fmt: skip
+                                 "reason": reason, "protocol": parsed.name,
+                                 **self._by_client()})  # fmt: skip
         return {"run_id": self.runner.start(parsed, run_id)}
 
     def stop_run(self, operator: str = "", reason: str = "") -> dict[str, Any]:
         _check_who(operator, reason)
-        self._record("control", {"command": "stop_run", "operator": operator, "reason": reason})
+        self._record("control", {"command": "stop_run", "operator": operator, "reason": reason,
+                                 **self._by_client()})  # fmt: skip
         self.runner.stop(reason or "stopped by operator")
         return {"run_id": self.runner.run_id}
 
     def abort(self, reason: str = "aborted by operator", operator: str = "") -> dict[str, Any]:
         _check_who(operator, reason)
-        self._record("control", {"command": "abort", "operator": operator, "reason": reason})
+        self._record("control", {"command": "abort", "operator": operator, "reason": reason,
+                                 **self._by_client()})  # fmt: skip
         self.runner.abort(str(reason))
         return {"run_id": self.runner.run_id}
 
@@ -558,12 +601,12 @@ class Daemon:
             done = self.acq.reset_interlock(operator, reason)
         except InterlockError as e:
             self.safety_record.audit("reset_refused", operator=operator, reason=reason,
-                                     why=str(e))  # fmt: skip
+                                     why=str(e), **self._by_client())  # fmt: skip
             raise ControlError("refused", str(e)) from e
         self.safety_record.audit("reset", operator=operator, reason=reason,
-                                 cleared=done["cleared"])  # fmt: skip
+                                 cleared=done["cleared"], **self._by_client())  # fmt: skip
         self._record("control", {"command": "reset_interlock", "operator": operator,
-                                 "reason": reason})  # fmt: skip
+                                 "reason": reason, **self._by_client()})  # fmt: skip
         self.safety_record.clear()
         log.warning("safety: interlock reset by %s: %s", operator, reason)
         self._check_safety(operator=operator)

@@ -36,6 +36,7 @@ class Publisher:
     ``sndhwm`` bounds the messages queued per subscriber: a subscriber that falls
     further behind loses messages (it sees a sequence gap) instead of slowing the
     daemon. ``species`` names the cube species by index, for :meth:`mark_dirty`.
+    ``secure`` sets the socket up before it binds (the daemon's CURVE server options).
     """
 
     def __init__(
@@ -47,6 +48,7 @@ class Publisher:
         context: zmq.Context[zmq.Socket[bytes]] | None = None,
         species: Sequence[str] = (),
         linger_ms: int = 100,
+        secure: Callable[[zmq.Socket[bytes]], None] | None = None,
     ) -> None:
         self._context = context if context is not None else zmq.Context.instance()
         sock = self._context.socket(zmq.PUB)
@@ -55,6 +57,8 @@ class Publisher:
         # (the journal is the record).
         sock.setsockopt(zmq.LINGER, linger_ms)
         try:
+            if secure is not None:
+                secure(sock)
             sock.bind(endpoint)
         except zmq.ZMQError:
             sock.close(linger=0)
@@ -276,12 +280,16 @@ Handler = Callable[..., "Reply | Mapping[str, Any] | None"]
 
 
 def handle_request(
-    frames: Sequence[wire.BytesLike], handlers: Mapping[str, Handler]
+    frames: Sequence[wire.BytesLike],
+    handlers: Mapping[str, Handler],
+    authorize: Callable[[str], None] | None = None,
 ) -> list[Frame]:
     """The reply frames for one control request. A handler gets the request's args as
     keywords and returns the reply's fields (or a :class:`Reply`); it raises
-    :class:`ControlError` for a refusal. Nothing a client sends raises here: malformed,
-    unknown or failing requests become structured error replies.
+    :class:`ControlError` for a refusal. ``authorize(cmd)``, given, is asked before the
+    arguments are looked at and raises :class:`ControlError` to refuse the command.
+    Nothing a client sends raises here: malformed, unknown, forbidden or failing
+    requests become structured error replies.
     """
     try:
         cmd, args, arrays = wire.decode_request(frames)
@@ -291,6 +299,11 @@ def handle_request(
     if handler is None:
         known = ", ".join(sorted(handlers))
         return wire.encode_reply(False, error=("unknown_command", f"{cmd!r}; known: {known}"))
+    if authorize is not None:
+        try:
+            authorize(cmd)
+        except ControlError as exc:
+            return wire.encode_reply(False, error=(exc.code, exc.message))
     kwargs = {**args, **arrays}
     try:
         inspect.signature(handler).bind(**kwargs)

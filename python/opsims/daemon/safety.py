@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from opsims.config_table import TableReader
+from opsims.daemon.files import make_dir, open_private
 from opsims.wire import EC_SAMPLE_DTYPE
 
 log = logging.getLogger("opsimsd.safety")
@@ -112,7 +113,7 @@ class SafetyRecord:
 
     def __init__(self, state_dir: Path) -> None:
         self.dir = state_dir / "safety"
-        self.dir.mkdir(parents=True, exist_ok=True)
+        make_dir(self.dir)
         self.audit_path = self.dir / "audit.jsonl"
         self.latched_path = self.dir / "latched.json"
         #: Audit lines or latch files the disk refused (the trip itself holds natively).
@@ -121,7 +122,7 @@ class SafetyRecord:
     def audit(self, event: str, **fields: Any) -> None:
         line = json.dumps({"event": event, "host_ns": time.time_ns(), **fields}, default=str)
         try:
-            with open(self.audit_path, "a") as f:
+            with open_private(self.audit_path, "a") as f:
                 f.write(line + "\n")
                 f.flush()
                 os.fsync(f.fileno())
@@ -150,7 +151,7 @@ class SafetyRecord:
         doc = {k: state[k] for k in ("reason", "detail", "trip_host_ns", "sample")}
         tmp = self.latched_path.with_suffix(".tmp")
         try:
-            with open(tmp, "w") as f:
+            with open_private(tmp) as f:
                 json.dump(doc, f)
                 f.flush()
                 os.fsync(f.fileno())
