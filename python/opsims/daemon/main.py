@@ -301,7 +301,14 @@ class Daemon:
             kind = event.pop("kind")
             event["event_ns"] = event.pop("host_ns")  # `host_ns` is the header's: publish time
             if kind == "link":
-                self.links[event["link"]] = {**event, "since_ns": event["event_ns"]}
+                last_error = self.links.get(event["link"], {}).get("last_error")
+                if event["state"] == "down" and event.get("reason") != "stopped":
+                    last_error = event.get("reason")
+                self.links[event["link"]] = {
+                    **event,
+                    "since_ns": event["event_ns"],
+                    "last_error": last_error,
+                }
                 self.pub.publish("link", event)
                 log.info("%s link %s: %s", event["link"], event["state"], event.get("reason"))
             elif kind == "eis_point":
@@ -443,7 +450,7 @@ class Daemon:
             "rates": rates,
             "lags_ns": {"potentiostat": time.time_ns() - newest if newest else None},
             "links": {
-                name: {"state": state, **_link_detail(self.links.get(name))}
+                name: {"state": state, **_link_detail(name, self.links.get(name), counters)}
                 for name, state in self.acq.link_states().items()
             },
             "drops": {
@@ -670,8 +677,10 @@ class Daemon:
         try:
             call()
         except (CommandRefused, ConnectionError, TimeoutError) as e:
-            log.error("potentiostat command failed: %s", e)
-            self.runner.abort(f"the potentiostat did not accept a command: {e}")
+            # CommandRefused's args are (message, code): people read the message.
+            why = str(e.args[0]) if isinstance(e, CommandRefused) and e.args else str(e)
+            log.error("potentiostat command failed: %s", why)
+            self.runner.abort(f"the potentiostat did not accept a command: {why}")
 
     def _new_region(self) -> None:
         reply = self._sim_request({"cmd": "new_region"})
@@ -715,10 +724,21 @@ def _rss_bytes() -> int | None:
         return None
 
 
-def _link_detail(event: dict[str, Any] | None) -> dict[str, Any]:
+def _link_detail(
+    name: str, event: dict[str, Any] | None, counters: dict[str, int]
+) -> dict[str, Any]:
+    """`status.links[name]` beside its state (publishing.md): since when, how often the
+    link failed (lost, or a connection attempt that failed) and the last failure's reason
+    (None before any)."""
+    errors = counters.get(f"{name}_disconnects", 0) + counters.get(f"{name}_connect_failures", 0)
     if event is None:
-        return {}
-    return {"since_ns": event["since_ns"], "last_reason": event.get("reason", "")}
+        return {"errors": errors, "last_error": None}
+    return {
+        "since_ns": event["since_ns"],
+        "errors": errors,
+        "last_error": event.get("last_error"),
+        "last_reason": event.get("reason", ""),
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
