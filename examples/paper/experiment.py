@@ -55,6 +55,9 @@ class Preset:
                 }
             },
             "sims": {"sputter_rate_nm_per_frame": self.sputter_nm_per_frame},
+            # The simulator is a Python process a busy machine can deschedule for longer
+            # than the default 0.5 s of silence the interlock allows while current flows.
+            "safety": {"max_sample_gap_s": 2.0},
             "sim": {
                 "acceleration": self.acceleration,
                 "detector": {
