@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTHON ?= python3
 
-.PHONY: demo install dev format lint test test-rust bench clean
+.PHONY: demo install dev format lint test test-rust bench clean fuzz fuzz-cmin
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -15,7 +15,8 @@ install: $(PY)
 
 # The package plus everything the tests, benchmarks and linters need; rebuilt only when
 # a source changed since the last install.
-SOURCES := $(shell find rust python -type f -not -path '*/__pycache__/*') Cargo.toml pyproject.toml
+SOURCES := $(shell find rust python -type f -not -path '*/__pycache__/*' -not -path 'rust/fuzz/*') \
+	Cargo.toml pyproject.toml
 STAMP := $(VENV)/.opsims-dev
 
 dev: $(STAMP)
@@ -40,14 +41,35 @@ lint: dev
 	$(VENV)/bin/mypy
 	$(PY) -m mypy.stubtest opsims._native
 
+# Then the fuzz corpus again, with overflow checks and debug assertions (docs/fuzzing.md).
 test-rust:
 	cargo test --workspace --release
+	cargo test -p opsims-core --test fuzz_corpus
 
 test: dev
 	$(VENV)/bin/pytest
 
 bench: dev
 	$(VENV)/bin/pytest benchmarks --benchmark-only -p no:cacheprovider -s
+
+# Coverage-guided fuzzing of the native core: nightly Rust and cargo-fuzz (`cargo install
+# cargo-fuzz`), never in CI, which replays the committed corpus in `make test-rust`.
+# New inputs go to rust/fuzz/work/; `make fuzz-cmin` then folds them into the corpus.
+FUZZ_TARGETS := link_stream tttr_records ptu_header potentiostat_wire journal_segment
+FUZZ_TIME ?= 60
+FUZZ_RUN := cargo +nightly fuzz run --fuzz-dir rust/fuzz
+
+fuzz: dev
+	$(PY) rust/fuzz/seeds.py rust/fuzz/work/seeds
+	for t in $(FUZZ_TARGETS); do \
+		mkdir -p rust/fuzz/work/$$t && \
+		$(FUZZ_RUN) $$t rust/fuzz/work/$$t rust/fuzz/corpus/$$t rust/fuzz/work/seeds/$$t -- \
+			-max_total_time=$(FUZZ_TIME) -timeout=10 -rss_limit_mb=2048 -max_len=32768 || exit 1; \
+	done
+
+fuzz-cmin: dev
+	cargo +nightly fuzz build --fuzz-dir rust/fuzz
+	$(PY) rust/fuzz/cmin.py
 
 clean:
 	rm -rf $(VENV) target .pytest_cache .mypy_cache .ruff_cache .benchmarks

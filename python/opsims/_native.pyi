@@ -28,6 +28,7 @@ __all__ = [
     "JournalWriter",
     "LinkStreamDecoder",
     "OpsimsError",
+    "PanicException",
     "PtuError",
     "PtuFile",
     "RecordFormatError",
@@ -60,6 +61,12 @@ class JournalError(OpsimsError):
 
 class JournalFullError(JournalError):
     """The journal's queue is at its memory bound: the append was refused (and counted)."""
+
+class PanicException(BaseException):
+    """A panic in the native code: a bug, never the answer to bad input (which is one of
+    the errors above, or a counted rejection). PyO3 raises it (``pyo3_runtime``) instead
+    of aborting the interpreter; it is not an :class:`Exception`, so ``except Exception``
+    does not hide it."""
 
 # --- detector pipeline (docs/raster.md, docs/detector-link.md) ---
 

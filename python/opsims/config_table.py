@@ -15,10 +15,22 @@ from opsims._native import ConfigError
 _MISSING = object()
 
 
+def as_float(value: float) -> float:
+    """A number as a float; an integer beyond float range (TOML integers are unbounded)
+    becomes an infinity of its sign, which range checks then refuse."""
+    try:
+        return float(value)
+    except OverflowError:
+        return math.inf if value > 0 else -math.inf
+
+
 class TableReader:
     """Typed access to one TOML table that remembers which keys were used."""
 
     def __init__(self, table: Mapping[str, Any], path: str) -> None:
+        if not isinstance(table, Mapping):
+            where = path or "the document"
+            raise ConfigError(f"{where}: expected a table, got {type(table).__name__} {table!r}")
         self.table = table
         self.path = path
         self.used: set[str] = set()
@@ -60,7 +72,7 @@ class TableReader:
         exclusive_minimum: bool = False,
     ) -> float:
         """A finite number (an integer is accepted) within the given bounds."""
-        value = float(self.get(key, (int, float), _MISSING if default is None else default))
+        value = as_float(self.get(key, (int, float), _MISSING if default is None else default))
         if not math.isfinite(value):
             raise self.error(key, f"must be finite, got {value}")
         if minimum is not None and (value < minimum or (exclusive_minimum and value == minimum)):
@@ -74,7 +86,8 @@ class TableReader:
         return ConfigError(f"{self.path}.{key}: {reason}")
 
     def reject_unknown(self) -> None:
-        unknown = sorted(set(self.table) - self.used)
+        # Keys of a control message's tables can be bytes as well as str.
+        unknown = sorted(map(str, set(self.table) - self.used))
         if unknown:
             raise ConfigError(f"{self.path}: unknown key(s) {', '.join(unknown)}")
 
@@ -86,7 +99,7 @@ def load_toml(path: str | Path) -> dict[str, Any]:
             return tomllib.load(f)
     except OSError as e:
         raise ConfigError(f"{path}: cannot read the configuration: {e.strerror}") from e
-    except tomllib.TOMLDecodeError as e:
+    except ValueError as e:  # TOMLDecodeError, or an integer of more than 4300 digits
         raise ConfigError(f"{path}: not valid TOML: {e}") from e
 
 
@@ -100,7 +113,7 @@ def apply_overrides(doc: dict[str, Any], overrides: Iterable[str]) -> dict[str, 
             raise ConfigError(f"--set {item!r}: expected dotted.key=value")
         try:
             value = tomllib.loads(f"v = {text.strip()}")["v"]
-        except tomllib.TOMLDecodeError as e:
+        except ValueError as e:  # TOMLDecodeError, or an integer of more than 4300 digits
             raise ConfigError(
                 f"--set {item!r}: the value is not TOML (strings need quotes): {e}"
             ) from e

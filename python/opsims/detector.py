@@ -93,7 +93,7 @@ class DetectorConfig:
         )
         config = cls(
             record_type=rt,
-            tick_s=float(r.get("tick_s", (int, float))),
+            tick_s=r.get_float("tick_s"),
             nx=raster.get("nx", int),
             ny=raster.get("ny", int),
             dwell_ticks=raster.get("dwell_ticks", int),
@@ -111,7 +111,7 @@ class DetectorConfig:
             ),
             memory_budget_bytes=cube.get("memory_budget_bytes", int, 1 << 30),
             budget_policy=cube.get("budget_policy", str, "rebin"),
-            clock_window_s=float(r.get("clock_window_s", (int, float), 30.0)),
+            clock_window_s=r.get_float("clock_window_s", 30.0),
         )
         for reader in (r, raster, markers, cube):
             reader.reject_unknown()

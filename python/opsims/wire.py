@@ -256,6 +256,12 @@ def _arrays(header: Mapping[str, Any], frames: Sequence[BytesLike]) -> dict[str,
             raise WireError(f"array {name!r}: bad dtype {spec.get('dtype')!r}: {exc}") from exc
         if dtype.hasobject:
             raise WireError(f"array {name!r}: dtype {dtype} holds Python objects")
+        if dtype.subdtype is not None:  # numpy would add its dimensions to the shape
+            raise WireError(f"array {name!r}: subarray dtype {dtype} (send its shape instead)")
+        if dtype.itemsize == 0 and dtype.kind in "SU":
+            # numpy makes an unsized string one character long: an array of any shape
+            # would be allocated for a message that carries no data.
+            raise WireError(f"array {name!r}: unsized dtype {dtype}")
         need = math.prod(shape) * dtype.itemsize
         size = memoryview(frame).nbytes
         if size != need:
@@ -263,11 +269,17 @@ def _arrays(header: Mapping[str, Any], frames: Sequence[BytesLike]) -> dict[str,
                 f"array {name!r}: frame has {size} bytes but dtype {dtype} "
                 f"and shape {tuple(shape)} need {need}"
             )
-        if need == 0:  # frombuffer refuses empty buffers and zero-size items
-            arr = np.empty(shape, dtype=dtype)
-            arr.flags.writeable = False
-        else:
-            arr = np.frombuffer(frame, dtype=dtype, count=math.prod(shape)).reshape(shape)
+        try:
+            if need == 0:  # frombuffer refuses empty buffers and zero-size items
+                arr = np.empty(shape, dtype=dtype)
+                arr.flags.writeable = False
+            else:
+                arr = np.frombuffer(frame, dtype=dtype, count=math.prod(shape)).reshape(shape)
+        except (ValueError, TypeError, OverflowError) as exc:
+            # numpy's own limits: more than 64 dimensions, a dimension beyond intp
+            raise WireError(f"array {name!r}: shape {tuple(shape)} is not possible: {exc}") from exc
+        if arr.dtype != dtype or arr.shape != tuple(shape):
+            raise WireError(f"array {name!r}: dtype {dtype} and shape {tuple(shape)} make no array")
         out[name] = arr
     return out
 

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import numpy.typing as npt
 
-from opsims.config_table import TableReader
+from opsims.config_table import TableReader, as_float
 from opsims.detector import DetectorConfig
 
 if TYPE_CHECKING:
@@ -66,9 +66,10 @@ class SimsParameters:
             sub = TableReader(dead, f"{path}.dead_time_ns")
             dead_s = {p: sub.get_float(p, minimum=0.0) * 1e-9 for p in dead}
         else:
+            dead = as_float(dead)
             if not math.isfinite(dead) or dead < 0:
                 raise r.error("dead_time_ns", f"must be a finite number >= 0, got {dead}")
-            dead_s = {p: float(dead) * 1e-9 for p in polarities}
+            dead_s = {p: dead * 1e-9 for p in polarities}
         r.reject_unknown()
         return cls(fov, rate, dead_s, current)
 

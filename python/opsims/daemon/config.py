@@ -74,7 +74,7 @@ class DaemonConfig:
         top = TableReader(doc, "")
         for key in ("detector", "daemon", "links", "sim", "safety", "journal", "sims", "security"):
             top.used.add(key)
-        unknown = sorted(set(doc) - top.used)
+        unknown = sorted(map(str, set(doc) - top.used))
         if unknown:
             raise ConfigError(f"unknown top-level table(s) {', '.join(unknown)}")
         r = TableReader(doc.get("daemon", {}), "daemon")

@@ -16,10 +16,30 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from opsims._native import ConfigError
-from opsims.config_table import TableReader
+from opsims.config_table import TableReader, as_float
 from opsims.sim.sims import BEAM_MODES
 
 KINDS = ("rest", "constant_current", "strip", "eis", "new_region", "beam", "profile")
+
+#: Expanding a protocol makes at most this many steps, counting every copy a series makes
+#: at every depth of nesting and every density of every series: series multiply, and a
+#: control message must not keep the daemon expanding (docs/protocols.md).
+MAX_EXPANSION = 100_000
+
+
+class _Budget:
+    """What is left of :data:`MAX_EXPANSION` while one protocol expands."""
+
+    def __init__(self) -> None:
+        self.left = MAX_EXPANSION
+
+    def spend(self, path: str, n: int = 1) -> None:
+        self.left -= n
+        if self.left < 0:
+            raise ConfigError(
+                f"{path}: the protocol expands to more than {MAX_EXPANSION} steps "
+                "(series multiply their steps)"
+            )
 
 
 @dataclass(frozen=True)
@@ -61,14 +81,15 @@ class RunProtocol:
         raw = r.get("steps", list)
         r.reject_unknown()
         steps: list[Step] = []
+        budget = _Budget()
         for i, item in enumerate(raw):
-            steps += _expand(item, f"{path}.steps[{i}]")
+            steps += _expand(item, f"{path}.steps[{i}]", budget)
         if not steps:
             raise r.error("steps", "a protocol needs at least one step")
         return cls(name, tuple(steps))
 
 
-def _expand(item: Any, path: str) -> list[Step]:
+def _expand(item: Any, path: str, budget: _Budget) -> list[Step]:
     if not isinstance(item, Mapping):
         raise ConfigError(f"{path}: expected a table, got {type(item).__name__}")
     r = TableReader(item, path)
@@ -85,20 +106,22 @@ def _expand(item: Any, path: str) -> list[Step]:
             raise r.error("current_densities_ua_um2", "expected positive numbers")
         out: list[Step] = []
         for j in densities:
-            amps = float(j) * area * 1e-6
+            budget.spend(path)
+            amps = as_float(j) * area * 1e-6
             if fresh:
                 out.append(Step("new_region", f"[J={j}] new region"))
             for n, sub in enumerate(inner):
-                out += _series_step(sub, f"{path}.steps[{n}]", amps, f"[J={j}]")
+                out += _series_step(sub, f"{path}.steps[{n}]", amps, f"[J={j}]", budget)
         return out
     if kind not in KINDS:
         raise r.error("kind", f"expected one of {(*KINDS, 'series')}, got {kind!r}")
     step = _step(r, kind, path)
     r.reject_unknown()
+    budget.spend(path)
     return [step]
 
 
-def _series_step(item: Any, path: str, amps: float, tag: str) -> list[Step]:
+def _series_step(item: Any, path: str, amps: float, tag: str, budget: _Budget) -> list[Step]:
     """A step inside a series: `sign = -1` (plate) or `+1` (strip) times the density."""
     if not isinstance(item, Mapping):
         raise ConfigError(f"{path}: expected a table, got {type(item).__name__}")
@@ -108,7 +131,8 @@ def _series_step(item: Any, path: str, amps: float, tag: str) -> list[Step]:
         if sign not in (-1, 1):
             raise TableReader(item, path).error("sign", f"expected -1 or 1, got {sign!r}")
         table["current_a"] = sign * amps
-    steps = _expand(table, path)
+    steps = _expand(table, path, budget)
+    budget.spend(path, len(steps))
     return [Step(**{**s.__dict__, "label": f"{tag} {s.label}"}) for s in steps]
 
 

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from opsims.config_table import TableReader
+from opsims.config_table import TableReader, as_float
 from opsims.daemon.files import make_dir, open_private
 from opsims.wire import EC_SAMPLE_DTYPE
 
@@ -72,9 +72,10 @@ def _volts(r: TableReader, key: str, default: float) -> float:
     value = r.table.get(key, default)
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise r.error(key, f"expected a number of volts, got {value!r}")
-    if not (math.isfinite(value) and abs(value) <= EWE_RANGE_V):
+    volts = as_float(value)
+    if not (math.isfinite(volts) and abs(volts) <= EWE_RANGE_V):
         raise r.error(key, f"must be within the instrument's ±{EWE_RANGE_V} V, got {value}")
-    return float(value)
+    return volts
 
 
 def _seconds(r: TableReader, key: str, default: float, maximum: float) -> float:

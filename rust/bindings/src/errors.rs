@@ -3,6 +3,7 @@
 use opsims_core::CoreError;
 use pyo3::create_exception;
 use pyo3::exceptions::{PyException, PyOSError};
+use pyo3::panic::PanicException;
 use pyo3::prelude::*;
 
 create_exception!(
@@ -71,5 +72,9 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("BudgetError", py.get_type::<BudgetError>())?;
     m.add("JournalError", py.get_type::<JournalError>())?;
     m.add("JournalFullError", py.get_type::<JournalFullError>())?;
+    // A panic in native code (a bug: bad input is an error above or a counted rejection)
+    // reaches Python as PyO3's PanicException instead of aborting the interpreter; the
+    // module names it so callers need not import pyo3_runtime to recognise it.
+    m.add("PanicException", py.get_type::<PanicException>())?;
     Ok(())
 }

@@ -126,11 +126,17 @@ impl CubeSet {
 
     /// Make slice `z` exist for every species.
     pub fn ensure_slice(&mut self, z: usize) -> SliceAccess {
-        let needed_chunks = z / self.chunk_z + 1;
+        let needed_chunks = (z / self.chunk_z).saturating_add(1);
         let have = self.blocks.len();
         if needed_chunks > have {
-            let extra = (needed_chunks - have) as u64 * self.chunk_bytes() * self.n_species as u64;
-            if self.allocated_bytes() + extra > self.budget_bytes || !self.grow(needed_chunks) {
+            // Checked: a slice index from a garbled link header can be near 2^64, and a
+            // wrapped product would pass the budget check and allocate without end.
+            let total = ((needed_chunks - have) as u64)
+                .checked_mul(self.chunk_bytes())
+                .and_then(|b| b.checked_mul(self.n_species as u64))
+                .and_then(|extra| extra.checked_add(self.allocated_bytes()));
+            let fits = total.is_some_and(|t| t <= self.budget_bytes);
+            if !fits || !self.grow(needed_chunks) {
                 return match self.policy {
                     BudgetPolicy::Refuse => SliceAccess::Refused,
                     BudgetPolicy::Rebin => {
@@ -342,6 +348,21 @@ mod tests {
         assert_eq!(c.ensure_slice(2 * MAX_CHUNK_SLICES - 1), SliceAccess::Ready);
         assert_eq!(c.ensure_slice(2 * MAX_CHUNK_SLICES), SliceAccess::Refused);
         assert!(c.allocated_bytes() <= c.budget_bytes());
+    }
+
+    /// Found by fuzzing (link_stream, a frame header with a huge raster position): the
+    /// size of the chunks up to a slice near 2^64 overflowed, which panicked in debug
+    /// builds and in release could wrap below the budget and allocate without end.
+    #[test]
+    fn a_slice_beyond_any_budget_is_refused_or_rebinned_without_allocating() {
+        for z in [usize::MAX, (1 << 58) * MAX_CHUNK_SLICES, usize::MAX / 3] {
+            let mut c = CubeSet::new(1, 1, 1, 1 << 20, BudgetPolicy::Refuse).unwrap();
+            assert_eq!(c.ensure_slice(z), SliceAccess::Refused, "slice {z}");
+            assert_eq!(c.allocated_bytes(), 0);
+            let mut c = CubeSet::new(1, 1, 1, 1 << 20, BudgetPolicy::Rebin).unwrap();
+            assert_eq!(c.ensure_slice(z), SliceAccess::Rebinned, "slice {z}");
+            assert_eq!(c.allocated_bytes(), 0);
+        }
     }
 
     #[test]

@@ -233,7 +233,9 @@ impl Engine {
     fn accept_frame(&mut self, h: FrameHeader, host_ns: i64) {
         if let Some(expected) = self.next_sequence.filter(|&e| e != h.sequence) {
             self.counters.link_loss_intervals += 1;
-            self.counters.link_frames_lost += h.sequence.saturating_sub(expected);
+            // A sequence number far ahead (a garbled sender) must not wrap the total.
+            let lost = h.sequence.saturating_sub(expected);
+            self.counters.link_frames_lost = self.counters.link_frames_lost.saturating_add(lost);
             if self.losses.len() == LOSS_HISTORY {
                 self.losses.pop_front();
             }
@@ -313,5 +315,74 @@ impl Engine {
         self.raster.finish(&mut self.cubes, &mut self.counters);
         self.sync_levels();
         self.counters.since(&before)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::link::frame::encode;
+    use crate::raster::{FrameMarkerAt, MarkerMasks, Polarity, Switching};
+
+    fn engine() -> Engine {
+        Engine::new(EngineConfig {
+            record_type: RecordType::GenericT3,
+            tick_s: 25e-12,
+            raster: RasterConfig {
+                nx: 4,
+                ny: 4,
+                dwell_ticks: 100,
+                line_settle_ticks: 0,
+                flyback_ticks: 100,
+                line_tolerance_ticks: 4,
+                frames_per_slice: 1,
+                markers: MarkerMasks {
+                    frame: 4,
+                    line_start: 1,
+                    line_stop: 2,
+                    mass_switch: 0,
+                },
+                frame_marker_at: FrameMarkerAt::Start,
+                polarities: vec![Polarity {
+                    name: "p".into(),
+                    channels: vec![0],
+                    species: vec!["a".into()],
+                    switching: Switching::PerFrame,
+                    settle_ticks: 0,
+                }],
+            },
+            memory_budget_bytes: 1 << 24,
+            budget_policy: BudgetPolicy::Rebin,
+            clock_window_s: 30.0,
+            clock_time_scale: 1.0,
+        })
+        .unwrap()
+    }
+
+    /// An empty frame that agrees with `engine()`'s configuration.
+    fn frame(sequence: u64) -> Vec<u8> {
+        let h = FrameHeader {
+            sequence,
+            record_type: RecordType::GenericT3.code(),
+            tick_fs: 25_000,
+            frame_mask: 4,
+            line_start_mask: 1,
+            line_stop_mask: 2,
+            ..FrameHeader::default()
+        };
+        encode(&h, &[])
+    }
+
+    /// Found by fuzzing (link_stream): two huge forward jumps of the sequence number
+    /// overflowed `link_frames_lost` (a panic in debug builds, a wrapped count in release).
+    #[test]
+    fn sequence_jumps_saturate_the_lost_frame_count() {
+        let mut e = engine();
+        for seq in [0, u64::MAX - 1, 0, u64::MAX - 1] {
+            e.feed_link(&frame(seq), 0);
+        }
+        let c = e.counters();
+        assert_eq!((c.link_frames, c.link_loss_intervals), (4, 3));
+        assert_eq!(c.link_frames_lost, u64::MAX);
     }
 }

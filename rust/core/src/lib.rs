@@ -18,6 +18,8 @@ pub mod counters;
 pub mod cube;
 pub mod engine;
 pub mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod interlock;
 pub mod journal;
 pub mod link;

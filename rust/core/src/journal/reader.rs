@@ -91,7 +91,8 @@ impl JournalReport {
         }
         self.raw_bytes += b.payload.len() as u64;
         self.stored_bytes += u64::from(stored);
-        let expected = self.last_seq.map_or(0, |s| s + 1);
+        // Wrapping: a block of a damaged journal can carry any sequence number.
+        let expected = self.last_seq.map_or(0, |s| s.wrapping_add(1));
         if b.seq != expected {
             self.gaps.push(SeqGap {
                 expected,
@@ -110,7 +111,7 @@ impl JournalReport {
             if let Some(n) = b.payload.get(8..16) {
                 let mut a = [0u8; 8];
                 a.copy_from_slice(n);
-                self.refused_appends += u64::from_le_bytes(a);
+                self.refused_appends = self.refused_appends.saturating_add(u64::from_le_bytes(a));
             }
         }
     }

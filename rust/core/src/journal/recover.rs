@@ -24,7 +24,8 @@ pub struct Recovery {
     /// Sequence number and host time of the last kept block (end markers not counted).
     pub last_seq: Option<u64>,
     pub last_host_ns: Option<i64>,
-    /// The torn tail cut by this call, and its length.
+    /// The torn tail cut by this call, and the bytes cut (more than its length when
+    /// removing an empty last segment of an ended journal bared another tail).
     pub cut: Option<CorruptSpan>,
     pub bytes_cut: u64,
     /// Spans in the middle that did not verify: left in place, only reported.
@@ -57,22 +58,29 @@ pub fn recover(dir: impl AsRef<Path>) -> Result<Recovery> {
             r.last_host_ns = Some(b.host_ns);
         }
     }
-    let report = blocks.into_report();
+    let mut report = blocks.into_report();
     r.run_id = report.run_id.clone();
-    r.corrupt = report.corrupt.clone();
     r.was_closed = report.closed;
-    r.next_seq = report.last_seq.map_or(0, |s| s + 1);
-    if let Some(tail) = report.torn_tail {
-        r.bytes_cut = cut(dir, &tail)?;
-        r.cut = Some(tail);
+    r.next_seq = report.last_seq.map_or(0, |s| s.wrapping_add(1));
+    while let Some(tail) = report.torn_tail.take() {
+        r.bytes_cut += cut(dir, &tail)?;
+        let removed = tail.offset < SEGMENT_HEADER_LEN as u64;
+        r.cut.get_or_insert(tail);
+        // An ended journal gets no marker to stand in a removed last segment: the segment
+        // before it is the last now, and bytes after its last block are the torn tail.
+        if !(removed && (report.closed || report.recovered)) {
+            break;
+        }
+        report = JournalReader::open(dir)?.scan()?;
     }
+    r.corrupt = report.corrupt.clone();
     if let (Some(segment), false) = (report.last_segment, report.closed || report.recovered) {
         let run_id = r.run_id.clone().unwrap_or_else(|| "recovered".into());
         write_marker(dir, segment, &run_id, &r)?;
         r.marker_written = true;
-        r.next_seq += 1;
+        r.next_seq = r.next_seq.wrapping_add(1);
     }
-    r.next_segment = report.last_segment.map_or(0, |s| s + 1);
+    r.next_segment = report.last_segment.map_or(0, |s| s.saturating_add(1));
     Ok(r)
 }
 

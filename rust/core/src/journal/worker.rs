@@ -278,7 +278,7 @@ impl Worker {
         self.n_written = 0;
         if let Some((seq, ns)) = last {
             st.durable_host_ns.store(ns, Ordering::Release);
-            st.durable_seq.store(seq + 1, Ordering::Release);
+            st.durable_seq.store(seq.wrapping_add(1), Ordering::Release);
         }
         st.durable_bytes
             .store(self.sink.durable_bytes(), Ordering::Release);

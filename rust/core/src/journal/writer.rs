@@ -76,7 +76,7 @@ impl Queue {
 
     pub(super) fn take_seq(&mut self) -> u64 {
         let s = self.next_seq;
-        self.next_seq += 1;
+        self.next_seq = self.next_seq.wrapping_add(1);
         s
     }
 

@@ -275,7 +275,8 @@ impl Raster {
             if self.frame.is_some() && self.lines_in_frame != self.cfg.ny {
                 c.frames_bad_line_count += 1;
             }
-            self.frame = Some(self.frame.map_or(0, |f| f + 1));
+            // Saturating: a link header can put the raster at any frame, the last one too.
+            self.frame = Some(self.frame.map_or(0, |f| f.saturating_add(1)));
             self.origin = self.origin.or(self.frame);
             self.frame_start = tick;
             self.frame_start_pending = false;

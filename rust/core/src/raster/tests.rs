@@ -392,3 +392,23 @@ fn end_markers_close_frames_instead_of_opening_them() {
     assert_eq!(r.c.frames_bad_line_count, 0);
     assert_eq!(r.cubes.n_slices(), 2);
 }
+
+/// Found by fuzzing (link_stream): a link header that puts an end-marked raster at the
+/// last frame number overflowed the frame count at the next frame marker.
+#[test]
+fn a_frame_marker_after_the_last_frame_number_does_not_overflow() {
+    for at in [FrameMarkerAt::End, FrameMarkerAt::Start] {
+        let mut cfg = config(Switching::PerFrame, 0, true);
+        cfg.frame_marker_at = at;
+        let mut r = Run::new(cfg, 1 << 20, BudgetPolicy::Refuse);
+        r.raster.link_gap((u64::MAX, 0), &mut r.cubes, &mut r.c);
+        for t0 in [0u64, 200] {
+            r.m(t0, FRAME);
+            r.m(t0 + 10, START);
+            r.e(t0 + 20, 0);
+            r.m(t0 + 63, STOP);
+        }
+        assert_eq!(r.c.events, 2);
+        assert!(r.balanced(), "{at:?}");
+    }
+}

@@ -212,3 +212,84 @@ fn open_refuses_a_used_directory_unless_appending() {
     assert_eq!(report.recoveries, 1);
     assert_eq!(report.run_id.as_deref().map(str::len), Some(25));
 }
+
+/// Found by fuzzing (journal_segment): a closed journal followed by an empty segment
+/// file. `recover` removed the empty segment, which bared the garbage after the closed
+/// block as the new last segment's torn tail, and a second `recover` cut it: recovery
+/// was not idempotent.
+#[test]
+fn an_empty_segment_after_a_closed_journal_is_cut_with_the_tail_it_bares() {
+    let dir = TempDir::new("closed-then-empty");
+    journal(&dir, 3, 100);
+    let last = *JournalReader::open(dir.path())
+        .unwrap()
+        .segment_indices()
+        .last()
+        .unwrap();
+    let garbage = b"bytes after the closed block";
+    let mut f = OpenOptions::new()
+        .append(true)
+        .open(dir.segment(last))
+        .unwrap();
+    f.write_all(garbage).unwrap();
+    fs::write(dir.segment(last + 1), b"OPSJ").unwrap();
+    let r = recover(dir.path()).unwrap();
+    assert!(r.was_closed && !r.marker_written, "{r:?}");
+    assert_eq!(r.bytes_cut, 4 + garbage.len() as u64);
+    assert_eq!(r.next_segment, last + 1);
+    let again = recover(dir.path()).unwrap();
+    assert!(again.cut.is_none() && !again.marker_written, "{again:?}");
+    let (blocks, report) = read_all(dir.path());
+    assert_eq!(blocks.len(), 4);
+    assert!(report.closed && report.torn_tail.is_none() && report.corrupt.is_empty());
+}
+
+/// Found by fuzzing (journal_segment): blocks of a damaged journal whose checksums match
+/// but whose sequence numbers reach 2^64 - 1, or whose closed blocks count more refused
+/// appends than fit, overflowed the report and `recover` (panics in debug builds).
+#[test]
+fn extreme_sequence_numbers_and_counts_do_not_overflow() {
+    let dir = TempDir::new("extreme-seq");
+    fs::create_dir_all(dir.path()).unwrap();
+    let header = SegmentHeader {
+        version: FORMAT_VERSION,
+        index: 0,
+        created_ns: 0,
+        run_id: "extreme".into(),
+    };
+    let mut file = header.encode().to_vec();
+    let mut refused = vec![0u8; 8];
+    refused.extend_from_slice(&u64::MAX.to_le_bytes());
+    for (kind, seq, payload) in [
+        (BlockKind::Closed, u64::MAX, &refused[..]),
+        (BlockKind::Closed, u64::MAX, &refused[..]),
+        (BlockKind::Note, u64::MAX - 1, b"note"),
+    ] {
+        let h = BlockHeader {
+            kind,
+            codec: Codec::STORED,
+            seq,
+            host_ns: 0,
+            raw_len: payload.len() as u32,
+            stored_len: payload.len() as u32,
+            items: 1,
+        };
+        file.extend(h.seal(payload));
+    }
+    fs::write(dir.segment(0), &file).unwrap();
+    let (blocks, report) = read_all(dir.path());
+    assert_eq!(blocks.len(), 3);
+    assert_eq!(report.refused_appends, u64::MAX);
+    assert_eq!(
+        report.gaps[0],
+        SeqGap {
+            expected: 0,
+            found: u64::MAX
+        }
+    );
+    // Left open (a note is last): the marker takes the next number, wrapping.
+    let r = recover(dir.path()).unwrap();
+    assert!(r.marker_written);
+    assert_eq!(r.next_seq, 0);
+    assert!(!recover(dir.path()).unwrap().marker_written);
+}
