@@ -828,6 +828,9 @@ def soak(args: argparse.Namespace) -> int:
             "specimen": {"total_rate_hz": setting},
         },
     }
+    if args.cube_budget_mib:
+        budget = {"memory_budget_bytes": int(args.cube_budget_mib * 2**20)}
+        override = merge(override, {"detector": {"cube": budget}})
     doc = merge(default_document(), override)
     warmup = min(0.1 * args.duration, 120.0)
     protocol = cycle_protocol(args)
@@ -838,6 +841,7 @@ def soak(args: argparse.Namespace) -> int:
         "total_rate_hz": setting,
         "acceleration": args.acceleration,
         "beam": args.beam,
+        "cube_budget_mib": args.cube_budget_mib or None,
         "warmup_s": warmup,
         "sample_s": args.sample_s,
         "drop_every_s": args.drop_every,
@@ -1524,6 +1528,13 @@ def main(argv: list[str] | None = None) -> int:
         type=float,
         default=300.0,
         help="seconds between link drops of each kind (300)",
+    )
+    p.add_argument(
+        "--cube-budget-mib",
+        type=float,
+        default=0.0,
+        help="the cubes' memory budget (default: the configuration's, 1 GiB); a small one "
+        "rebins often",
     )
     p.add_argument("--sample-s", type=float, default=10.0, help="sampling period (10)")
     p.add_argument("--plate-s", type=float, default=60.0, help="plating step, instrument s (60)")

@@ -9,6 +9,8 @@ links, exit 0.
 from __future__ import annotations
 
 import argparse
+import ctypes
+import ctypes.util
 import json
 import logging
 import os
@@ -51,6 +53,8 @@ log = logging.getLogger("opsimsd")
 
 #: The longest the loop waits on the core: bounds control latency and signal handling.
 WAIT_S = 0.05
+#: glibc's ``mallopt`` parameter, and the threshold it is pinned to (glibc's default).
+M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES = -3, 128 * 1024
 
 
 class Daemon:
@@ -715,6 +719,20 @@ def _summary(run: dict[str, Any]) -> dict[str, Any]:
             "bytes_cut": recovery.get("bytes_cut"), "error": run.get("recovery_error")}  # fmt: skip
 
 
+def pin_mmap_threshold() -> bool:
+    """Keep every block of 128 KiB or more in a mapping of its own, returned to the
+    system when freed. By default glibc raises that threshold to the size of the largest
+    such block freed (up to 32 MiB): once a rebin has freed the cubes' 9 MiB chunks, the
+    cube slices copied out for publishing (256 KiB each, a whole cube of them after the
+    rebin) come from the heap, which keeps the burst's high-water resident for good
+    (+20 MB per rebin in the soak, docs/daemon.md). False where there is no glibc."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        return bool(libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES))
+    except (OSError, AttributeError):
+        return False
+
+
 def _rss_bytes() -> int | None:
     """Resident memory of this process (Linux), for the status topic."""
     try:
@@ -753,6 +771,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="opsimsd: %(levelname)s %(message)s")
+    if not pin_mmap_threshold():
+        log.warning("could not pin malloc's mmap threshold: RSS may keep the peak of a burst")
     try:
         config = DaemonConfig.load(args.config, args.set)
     except ConfigError as e:
