@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTHON ?= python3
 
-.PHONY: demo install dev format lint test test-rust bench clean fuzz fuzz-cmin
+.PHONY: demo install dev format lint test test-rust bench clean fuzz fuzz-cmin soak
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -51,6 +51,12 @@ test: dev
 
 bench: dev
 	$(VENV)/bin/pytest benchmarks --benchmark-only -p no:cacheprovider -s
+
+# One hour at 10 M events/s with link drops, judged against the simulator's truth
+# (docs/daemon.md, "Soak"); SOAK_OUT must be a new or empty directory.
+SOAK_OUT ?= soak-out
+soak: dev
+	$(PY) benchmarks/soak.py --duration 3600 --rate 10e6 --out $(SOAK_OUT)
 
 # Coverage-guided fuzzing of the native core: nightly Rust and cargo-fuzz (`cargo install
 # cargo-fuzz`), never in CI, which replays the committed corpus in `make test-rust`.
