@@ -13,21 +13,8 @@ use crate::link::tttr::{
 };
 use crate::raster::{FrameMarkerAt, MarkerMasks, Polarity, RasterConfig, Switching};
 
-/// Every record type code the core knows (several share a layout).
-const CODES: [u32; 12] = [
-    0x0001_0203,
-    0x0001_0303,
-    0x0001_0204,
-    0x0001_0304,
-    0x0101_0204,
-    0x0101_0304,
-    0x0001_0205,
-    0x0001_0305,
-    0x0001_0206,
-    0x0001_0306,
-    0x0001_0207,
-    0x0001_0307,
-];
+/// Every record type code the core knows.
+const CODES: [u32; 12] = RecordType::KNOWN_CODES;
 
 fn record_type(inp: &mut Input<'_>) -> RecordType {
     let code = CODES[usize::from(inp.u8()) % CODES.len()];

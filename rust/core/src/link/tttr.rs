@@ -37,6 +37,22 @@ impl RecordType {
         RecordType::GenericT3,
     ];
 
+    /// Every record type code `from_code` knows (several share a layout).
+    pub const KNOWN_CODES: [u32; 12] = [
+        0x0001_0203,
+        0x0001_0303,
+        0x0001_0204,
+        0x0001_0304,
+        0x0101_0204,
+        0x0101_0304,
+        0x0001_0205,
+        0x0001_0305,
+        0x0001_0206,
+        0x0001_0306,
+        0x0001_0207,
+        0x0001_0307,
+    ];
+
     pub fn from_code(code: u32) -> Result<Self> {
         match code {
             0x0001_0203 => Ok(RecordType::PicoHarpT2),
@@ -577,21 +593,7 @@ mod tests {
 
     #[test]
     fn codes_round_trip() {
-        let all = [
-            0x0001_0203,
-            0x0001_0303,
-            0x0001_0204,
-            0x0001_0304,
-            0x0101_0204,
-            0x0101_0304,
-            0x0001_0205,
-            0x0001_0305,
-            0x0001_0206,
-            0x0001_0306,
-            0x0001_0207,
-            0x0001_0307,
-        ];
-        for code in all {
+        for code in RecordType::KNOWN_CODES {
             let kind = RecordType::from_code(code).unwrap();
             assert_eq!(RecordType::from_code(kind.code()).unwrap(), kind);
             assert_eq!(kind.is_t3(), code & 0xFF00 == 0x0300, "{code:#x}");
