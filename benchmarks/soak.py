@@ -213,6 +213,18 @@ def terminate(proc: subprocess.Popen[str], timeout_s: float) -> int:
     return proc.wait()
 
 
+def spawn_announcing(cmd: list[str], log_path: Path) -> subprocess.Popen[str]:
+    """A process that announces itself on stdout (opsims.announce), stderr to a log."""
+    with open(log_path, "w") as log:
+        return subprocess.Popen(
+            cmd,
+            stdout=subprocess.PIPE,
+            stderr=log,
+            text=True,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+
+
 @contextmanager
 def run_sim_on(out: Path, doc: dict[str, Any], ports: dict[str, int]) -> Iterator[SimProcess]:
     """`opsims-sim` on the fixed ports of ``doc`` (the daemon already dials them),
@@ -228,14 +240,7 @@ def run_sim_on(out: Path, doc: dict[str, Any], ports: dict[str, int]) -> Iterato
         "--truth",
         str(out / "truth"),
     ]
-    with open(out / "sim.log", "w") as log:
-        proc = subprocess.Popen(
-            cmd,
-            stdout=subprocess.PIPE,
-            stderr=log,
-            text=True,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        )
+    proc = spawn_announcing(cmd, out / "sim.log")
     try:
         wait_for_announcement(proc, "opsims-sim", timeout_s=30)
         yield SimProcess(proc, ports, out / "truth")
@@ -283,14 +288,7 @@ def start_subscriber(
         "--slow-topics",
         args.slow_topics if role == "slow" else "",
     ]
-    with open(out / f"subscriber-{role}.log", "w") as log:
-        proc = subprocess.Popen(
-            cmd,
-            stdout=subprocess.PIPE,
-            stderr=log,
-            text=True,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        )
+    proc = spawn_announcing(cmd, out / f"subscriber-{role}.log")
     wait_for_announcement(proc, f"{role} subscriber", timeout_s=60)
     return SubscriberProcess(role, proc, stats)
 
