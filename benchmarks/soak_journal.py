@@ -146,7 +146,7 @@ class SegmentCheck:
             for kind, _seq, _host_ns, payload in blocks:
                 self.kinds[kind] += 1
                 if kind == "potentiostat":
-                    self.samples.append(np.frombuffer(payload, JOURNAL_SAMPLE_DTYPE).copy())
+                    self.samples.append(np.frombuffer(payload, JOURNAL_SAMPLE_DTYPE))
                 elif kind == "note":
                     note = msgpack.unpackb(payload)
                     if note.get("type") == "live_digest":
@@ -216,16 +216,16 @@ def follow(run_dir: Path, out: Path, keep: bool, stop: list[bool], poll_s: float
     scratch = out.parent / f"{out.stem}-segment"
     scratch.mkdir(parents=True, exist_ok=True)
     check = SegmentCheck(run_dir, scratch)
-    most_on_disk = 0
-    lag: list[int] = []
+    most_on_disk = most_waiting = 0
     t0 = time.monotonic()
     while True:
         # The state first: once the run has closed, every segment listed after is final.
         over = stop[0] or run_info(run_dir).get("state") != "recording"
-        found = [s for s in segments(journal) if s[0] >= check.next_index]
-        most_on_disk = max(most_on_disk, len(segments(journal)))
+        on_disk = segments(journal)
+        most_on_disk = max(most_on_disk, len(on_disk))
+        found = [s for s in on_disk if s[0] >= check.next_index]
         ready = found if over else found[:-1]
-        lag.append(len(ready))
+        most_waiting = max(most_waiting, len(ready))
         for index, path in ready:
             check.check(index, path)
             if not keep:
@@ -235,7 +235,7 @@ def follow(run_dir: Path, out: Path, keep: bool, stop: list[bool], poll_s: float
         time.sleep(poll_s)
     result = check.result() | {
         "most_segments_on_disk": most_on_disk,
-        "most_segments_waiting": max(lag, default=0),
+        "most_segments_waiting": most_waiting,
         "check_s": time.monotonic() - t0,
         "kept": keep,
     }
