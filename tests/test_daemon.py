@@ -27,6 +27,8 @@ SIM = merge(
     {"sim": {"acceleration": ACCELERATION, "potentiostat": {"sample_period_s": 0.1},
              "specimen": {"total_rate_hz": 3000.0}}},
 )  # fmt: skip
+#: Slices of one frame each: the cubes fill (and a small budget rebins) within seconds.
+FAST_SLICES = merge(SIM, {"detector": {"raster": {"frames_per_slice": 1}}})
 PROTOCOL = {
     "name": "short plate-strip-eis",
     "steps": [
@@ -257,6 +259,89 @@ def test_a_client_joining_mid_run_mirrors_the_cubes(tmp_path: Path) -> None:
             for name in snap.fields["species"]:
                 np.testing.assert_array_equal(mirror.cubes[name], snap.arrays[name], name)
         assert daemon.stop() == 0
+
+
+def test_the_live_profile_is_sent_in_parts_that_add_up_to_the_daemons(tmp_path: Path) -> None:
+    """Live ``profile`` messages hold the rows that changed, not the whole profile; a
+    LiveProfile that joins mid-run takes one snapshot and then, from the stream alone,
+    ends equal to the daemon's profile."""
+    from opsims.client import LiveProfile
+
+    partial = []
+    with run_sim(tmp_path / "sim", SIM) as sim, run_daemon(tmp_path, external(sim.ports)) as daemon:
+        time.sleep(1.5)  # the raster is well under way
+        with Subscriber(daemon.publish, ["profile"]) as sub, Control(daemon.control) as ctl:
+            live = LiveProfile(ctl)
+            end = time.monotonic() + 3.0
+            while time.monotonic() < end:
+                msg = sub.recv(1.0)
+                if msg is None:
+                    continue
+                live.apply(msg)
+                z0, n = msg.fields["z0"], msg.fields["n_slices"]
+                assert msg.arrays["profile"].shape == (n - z0, 9)
+                partial.append((z0, n))
+            sim.fault("detector", "stall_s", 3.0)  # hold the data still...
+            time.sleep(0.5)
+            while (msg := sub.recv(1.0)) is not None:  # ...and take the last updates
+                live.apply(msg)
+            snap = ctl.snapshot("profile")
+        assert daemon.stop() == 0
+    assert live.syncs == 1 and len(partial) >= 5
+    assert all(z0 > 0 for z0, _ in partial), "no rebin here: never the whole profile"
+    # Only the newest few slices change between two messages (at 20 Hz, accelerated).
+    rows = sum(n - z0 for z0, n in partial)
+    assert rows < 0.5 * sum(n for _, n in partial), partial
+    assert live.profile is not None and live.seq == snap.seq
+    assert snap.fields["z0"] == 0 and snap.fields["n_slices"] >= 3
+    np.testing.assert_array_equal(live.profile, snap.arrays["profile"])
+
+
+def test_after_a_rebin_only_new_slices_go_out_and_a_mirror_follows(tmp_path: Path) -> None:
+    """A small cube budget rebins every second or two. The daemon does not send the
+    rebinned cube again (subscribers take a snapshot): after each rebin the cube messages
+    are of the newest slices only; a CubeMirror ends equal to the daemon's cubes."""
+    from opsims.client import CubeMirror
+
+    # 32 x 16 u32 slices of 9 species, in chunks of 16 slices: a rebin at 32 slices.
+    budget = 2 * 16 * 32 * 16 * 4 * 9
+    by_rebins: dict[int, list[tuple[int, int]]] = {}
+    with run_sim(tmp_path / "sim", FAST_SLICES) as sim:
+        settings = merge(external(sim.ports), {
+            "detector": {"raster": {"frames_per_slice": 1},
+                         "cube": {"memory_budget_bytes": budget}},
+        })  # fmt: skip
+        with run_daemon(tmp_path, settings) as daemon:
+            with (
+                Subscriber(daemon.publish, ["cube"]) as sub,
+                CubeMirror(daemon.publish, daemon.control) as mirror,
+            ):
+                end = time.monotonic() + 6.0
+                while time.monotonic() < end:
+                    mirror.poll(0.0)
+                    msg = sub.recv(0.05)
+                    if msg is not None:
+                        f = msg.fields
+                        by_rebins.setdefault(f["rebins"], []).append((f["z"], f["n_slices"]))
+                sim.fault("detector", "stall_s", 3.0)
+                time.sleep(0.5)
+                end = time.monotonic() + 1.0
+                while time.monotonic() < end:
+                    mirror.poll(0.1)
+                with Control(daemon.control) as ctl:
+                    snap = ctl.snapshot("cubes")
+                assert mirror.rebins == snap.fields["rebins"] >= 2
+                assert mirror.syncs >= 2 and mirror.n_slices == snap.fields["n_slices"]
+                for name in snap.fields["species"]:
+                    np.testing.assert_array_equal(mirror.cubes[name], snap.arrays[name], name)
+            assert daemon.stop() == 0
+    rebinned = [r for r in by_rebins if r > 0]
+    assert len(rebinned) >= 2, sorted(by_rebins)
+    for r in rebinned:
+        n_first = by_rebins[r][0][1]
+        lowest = min(z for z, _ in by_rebins[r])
+        # A late raster line may reach the slice before the newest; never the old ones.
+        assert lowest >= n_first - 2, (r, n_first, lowest)
 
 
 def test_status_reports_rates_lags_and_memory(tmp_path: Path) -> None:

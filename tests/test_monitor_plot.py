@@ -35,7 +35,8 @@ def test_plot_file_has_the_cycle_graph_and_the_depth_profile(tmp_path: Path) -> 
             started = time.monotonic()
             done = subprocess.run(
                 [sys.executable, "-m", "opsims.cli", "monitor", "--publish", daemon.publish,
-                 "--plot-file", str(png), "--duration", "4", "--refresh", "0.5"],
+                 "--control", daemon.control, "--plot-file", str(png), "--duration", "4",
+                 "--refresh", "0.5"],
                 capture_output=True, text=True, timeout=60,
             )  # fmt: skip
             assert done.returncode == 0, done.stderr

@@ -591,3 +591,42 @@ def test_a_timeout_raises_and_the_next_call_works(ctx: Ctx) -> None:
         assert control.status() == {"state": "idle"}  # a fresh REQ socket, not stuck
         thread.join()
     router.close(linger=0)
+
+
+def test_a_live_profile_puts_the_rows_from_z0_over_its_own() -> None:
+    """Whole messages replace, partial ones replace the rows from ``z0`` on; across a
+    gap, a rebin or a new run it has no profile until the next whole one, and messages
+    a snapshot already holds are left out."""
+    from opsims.client import LiveProfile, Snapshot
+    from opsims.wire import Message
+
+    rng = np.random.default_rng(7)
+    truth = rng.integers(0, 1000, size=(6, 2), dtype=np.uint64)
+
+    def msg(seq: int, z0: int, n: int, rebins: int = 0, epoch: int = 0) -> Message:
+        fields = {"species": ["Na+", "F-"], "z0": z0, "n_slices": n, "rebins": rebins,
+                  "epoch": epoch}  # fmt: skip
+        return Message("profile", seq, 0, "test", fields, {"profile": truth[z0:n]})
+
+    live = LiveProfile()
+    assert not live.apply(msg(0, 1, 3)), "a partial message needs a whole one first"
+    assert live.apply(msg(1, 0, 3))
+    np.testing.assert_array_equal(live.profile, truth[:3])
+    truth[2:] += 5  # the newest slice grows, two more come
+    assert live.apply(msg(2, 2, 5))
+    np.testing.assert_array_equal(live.profile, truth[:5])
+    assert live.species == ["Na+", "F-"]
+
+    assert not live.apply(msg(4, 4, 6)), "message 3 was lost"
+    assert not live.apply(msg(5, 5, 6)), "still no whole one"
+    assert live.apply(msg(6, 0, 6))
+    np.testing.assert_array_equal(live.profile, truth)
+    assert not live.apply(msg(7, 3, 6, rebins=1)), "a rebin changed every row"
+    assert live.apply(msg(8, 0, 6, rebins=1)) and not live.apply(msg(9, 5, 6, epoch=1))
+
+    fields = {"species": ["Na+", "F-"], "z0": 0, "n_slices": 6, "rebins": 1, "epoch": 1}
+    live.sync(Snapshot(seq=11, fields=fields, arrays={"profile": truth}))
+    np.testing.assert_array_equal(live.profile, truth)
+    assert live.apply(msg(10, 4, 6, rebins=1, epoch=1)), "queued before the snapshot: left out"
+    assert live.apply(msg(12, 5, 6, rebins=1, epoch=1)) and live.seq == 12
+    assert live.profile is not None and live.profile.shape == (6, 2)

@@ -130,8 +130,8 @@ class EventCore:
         self, species: str | int, z_start: int = 0, z_stop: int | None = None
     ) -> npt.NDArray[np.uint32]:
         """A copy of slices ``z_start..z_stop`` of one species, ``[z, y, x]``."""
-    def depth_profile(self) -> npt.NDArray[np.uint64]:
-        """Counts per slice and species, ``[z, species]``."""
+    def depth_profile(self, z_start: int = 0) -> npt.NDArray[np.uint64]:
+        """Counts per slice and species from slice ``z_start`` on, ``[z, species]``."""
     def ion_map(
         self, species: str | int, z_start: int = 0, z_stop: int | None = None
     ) -> npt.NDArray[np.uint64]:
@@ -628,8 +628,8 @@ class Acquisition:
         """Every species' whole cube read under one lock (so all share the same slices
         and binning), with the counters they go with: ``(cubes, frames_per_slice,
         n_slices, rebins, counters)``."""
-    def depth_profile(self) -> npt.NDArray[np.uint64]:
-        """Counts per slice and species, ``[z, species]``."""
+    def depth_profile(self, z_start: int = 0) -> npt.NDArray[np.uint64]:
+        """Counts per slice and species from slice ``z_start`` on, ``[z, species]``."""
     def ion_map(
         self, species: str | int, z_start: int = 0, z_stop: int | None = None
     ) -> npt.NDArray[np.uint64]:

@@ -250,7 +250,7 @@ def _monitor(args: argparse.Namespace) -> int:
                   file=sys.stderr)  # fmt: skip
             return 2
         plot_file = None if args.plot_file is None else str(args.plot_file)
-        plot(args.publish, plot_file=plot_file, duration_s=args.duration,
+        plot(args.publish, args.control, plot_file=plot_file, duration_s=args.duration,
              refresh_s=args.refresh)  # fmt: skip
         return 0
     end = None if args.duration is None else time.monotonic() + args.duration

@@ -1,6 +1,7 @@
 """Client library for opsimsd (docs/publishing.md): :class:`Subscriber` for the live
-stream, :class:`Control` for requests, and :class:`CubeMirror`, a local copy of the
-daemon's cubes kept current by snapshot plus updates (ZeroMQ guide, Clone pattern).
+stream, :class:`Control` for requests, :class:`CubeMirror`, a local copy of the
+daemon's cubes kept current by snapshot plus updates (ZeroMQ guide, Clone pattern), and
+:class:`LiveProfile`, the depth profile put together from the ``profile`` topic.
 
 ::
 
@@ -38,6 +39,7 @@ __all__ = [
     "ControlError",
     "CubeMirror",
     "KeyFileError",
+    "LiveProfile",
     "Message",
     "Snapshot",
     "Subscriber",
@@ -335,6 +337,70 @@ class Control(_Closing):
 
     def close(self) -> None:
         self._sock.close(linger=0)
+
+
+class LiveProfile:
+    """The daemon's depth profile (``u64 [z, species]``) kept current from ``profile``
+    messages. A message holds the rows from slice ``z0`` on; one with ``z0 == 0`` (after
+    a rebin or a new run) holds the whole profile. Until it has one, and after a gap,
+    :attr:`profile` is None; with ``control`` it then takes a ``snapshot("profile")``
+    at once (the Clone pattern, as :class:`CubeMirror`), without it waits for the next
+    whole message. Subscribe to ``profile`` before the first :meth:`apply`.
+    """
+
+    #: The least time between two snapshots taken after failures.
+    RETRY_S = 2.0
+
+    def __init__(self, control: Control | None = None) -> None:
+        self.control = control
+        self.profile: Array | None = None
+        self.species: list[str] = []
+        self.seq = -1
+        self.syncs = 0
+        self._binning: tuple[int, int] = (-1, -1)
+        self._next_sync = -math.inf
+
+    def apply(self, msg: Message) -> bool:
+        """Take in one ``profile`` message; True when :attr:`profile` is now current."""
+        if msg.topic == "profile":
+            self._take(msg)
+            if self.profile is None and self.control is not None:
+                self._resync()
+        return self.profile is not None
+
+    def sync(self, snapshot: Snapshot) -> None:
+        """Start over from a ``snapshot("profile")`` reply."""
+        self._take(Message("profile", snapshot.seq, 0, "snapshot", snapshot.fields,
+                           snapshot.arrays))  # fmt: skip
+        self.syncs += 1
+
+    def _take(self, msg: Message) -> None:
+        f = msg.fields
+        z0 = int(f.get("z0", 0))
+        if z0 and msg.seq <= self.seq:  # already in the snapshot taken since
+            return
+        rows = np.asarray(msg.arrays["profile"], dtype=np.uint64)
+        binning = (int(f.get("rebins", 0)), int(f.get("epoch", 0)))
+        follows = msg.seq == self.seq + 1 and binning == self._binning
+        self.seq = msg.seq
+        if z0 == 0:
+            self.profile = rows.copy()
+        elif follows and self.profile is not None and z0 <= len(self.profile):
+            self.profile = np.concatenate([self.profile[:z0], rows])
+        else:
+            self.profile = None
+        self.species = list(f["species"])
+        self._binning = binning
+
+    def _resync(self) -> None:
+        assert self.control is not None
+        now = time.monotonic()
+        if now < self._next_sync:
+            return
+        try:
+            self.sync(self.control.snapshot("profile"))
+        except ControlError:
+            self._next_sync = now + self.RETRY_S  # the daemon busy or gone: later
 
 
 def _who(operator: str, reason: str) -> dict[str, str]:

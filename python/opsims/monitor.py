@@ -1,9 +1,11 @@
 """A live terminal view of a running opsimsd: the cell (Ewe, I), the run step, detector
-rates and per-species counts, link states and losses — from the PUB stream only, so any
-number of monitors can watch without touching acquisition."""
+rates and per-species counts, link states and losses — from the PUB stream, so any
+number of monitors can watch without touching acquisition (the plot view asks the
+control socket for the depth profile when it starts or loses its place)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 import time
@@ -14,7 +16,7 @@ from typing import Any, TextIO
 import numpy as np
 import numpy.typing as npt
 
-from opsims.client import Subscriber
+from opsims.client import Control, LiveProfile, Subscriber
 from opsims.wire import Message
 
 MAP_CHARS = " .:-=+*#%@"
@@ -35,8 +37,7 @@ class LiveState:
     detectors: dict[str, dict[str, float]] = field(default_factory=dict)
     binned_by_species: dict[str, int] = field(default_factory=dict)
     links: dict[str, str] = field(default_factory=dict)
-    profile: npt.NDArray[np.uint64] | None = None
-    species: list[str] = field(default_factory=list)
+    live_profile: LiveProfile = field(default_factory=LiveProfile)
     transitions: list[dict[str, Any]] = field(default_factory=list)
     safety: dict[str, Any] = field(default_factory=dict)
 
@@ -62,7 +63,15 @@ class LiveState:
         elif msg.topic == "safety":
             self.safety = f
         elif msg.topic == "profile":
-            self.profile, self.species = msg.arrays["profile"], f["species"]
+            self.live_profile.apply(msg)
+
+    @property
+    def profile(self) -> npt.NDArray[np.uint64] | None:
+        return self.live_profile.profile
+
+    @property
+    def species(self) -> list[str]:
+        return self.live_profile.species
 
 
 def line(state: LiveState, gaps: int) -> str:
@@ -225,6 +234,7 @@ class CyclePlot:
 
 def plot(
     publish: str,
+    control: str | None = None,
     *,
     plot_file: str | None = None,
     duration_s: float | None = None,
@@ -232,11 +242,15 @@ def plot(
 ) -> LiveState:
     """The live plot view (``opsims monitor --plot``): a window refreshed every
     `refresh_s`, or with `plot_file` no window and a PNG written at the end. Ends after
-    `duration_s`, Ctrl-C, or (window) when it is closed."""
+    `duration_s`, Ctrl-C, or (window) when it is closed. With `control` the depth
+    profile is there from the start; without, from the daemon's next rebin."""
     view = CyclePlot(headless=plot_file is not None)
-    state = LiveState()
     end = None if duration_s is None else time.monotonic() + duration_s
-    with Subscriber(publish, TOPICS) as sub:
+    with (
+        Subscriber(publish, TOPICS) as sub,
+        Control(control, timeout_s=2.0) if control else contextlib.nullcontext() as ctl,
+    ):
+        state = LiveState(live_profile=LiveProfile(ctl))
         next_draw = time.monotonic() + refresh_s
         try:
             while end is None or time.monotonic() < end:

@@ -75,6 +75,10 @@ class Daemon:
         self._status_prev: tuple[float, dict[str, int]] = (time.monotonic(), {})
         self._newest_sample_ns: int | None = None
         self.eis_points: list[dict[str, Any]] = []
+        # The (rebins, epoch) of the last live profile: a change of either sends the
+        # whole profile again.
+        self._profile_binning: tuple[int, int] | None = None
+        self._cube_rebins = 0
         # The native interlock's last state read, and what of it was already handled.
         self.safety: dict[str, Any] = {"state": "armed"}
         self.safety_seen: tuple[int, Any, Any] | None = None
@@ -340,22 +344,31 @@ class Daemon:
     def _publish_cubes(self) -> None:
         first = self.acq.take_dirty()
         n = self.acq.n_slices
+        counters = self.acq.counters()
+        rebins = counters.get("rebins", 0)
+        if first is not None and rebins != self._cube_rebins:
+            # Every slice changed its meaning, so subscribers take a snapshot
+            # (docs/publishing.md): of the whole cube only the newest slice goes out, to
+            # tell them. Republishing it all would send the cube's size again to every
+            # subscriber, only to be dropped.
+            self._cube_rebins = rebins
+            self.pub.drop_dirty()
+            first = max(n - 1, 0)
         if first is not None:
             for s in range(len(self.acq.species)):
                 for z in range(first, n):
                     self.pub.mark_dirty(s, z)
         if not n:
             return
-        counters = self.acq.counters()
         self.pub.flush_cubes(
             lambda s, z: self.acq.cube(s, z, z + 1)[0],
             max_messages=4 * len(self.acq.species),
             frames_per_slice=self.acq.frames_per_slice,
             n_slices=n,
-            rebins=counters.get("rebins", 0),
+            rebins=rebins,
         )
         if first is not None:
-            fields, arrays = self._profile()
+            fields, arrays = self._live_profile(first, rebins)
             # Read before the slices and this profile: every record of these lines is in
             # them, so a client can time the cube update (benchmarks/daemon_throughput.py).
             fields["lines_binned"] = counters.get("lines_good", 0) + counters.get("lines_bad", 0)
@@ -398,14 +411,27 @@ class Daemon:
         fields["run_id"] = run.run_id if self.record is not None else None
         return fields, arrays
 
-    def _profile(self) -> tuple[dict[str, Any], dict[str, Any]]:
+    def _profile(self, z0: int = 0) -> tuple[dict[str, Any], dict[str, Any]]:
         fields = {
             "species": self.acq.species,
             "frames_per_slice": self.acq.frames_per_slice,
             "n_slices": self.acq.n_slices,
             "rebins": self.acq.counters().get("rebins", 0),
+            "epoch": self.pub.cube_epoch,
+            "z0": z0,
         }
-        return fields, {"profile": self.acq.depth_profile()}
+        return fields, {"profile": self.acq.depth_profile(z0)}
+
+    def _live_profile(self, first: int, rebins: int) -> tuple[dict[str, Any], dict[str, Any]]:
+        """The rows from ``first`` (the first slice changed since the last message) on;
+        the whole profile only when every row changed (a rebin, a new run's cubes). A
+        message's size follows what changed, not how deep the run is, and so does the
+        memory of the queue behind a slow subscriber. A subscriber that joins or loses
+        its place takes a snapshot (docs/publishing.md)."""
+        binning = (rebins, self.pub.cube_epoch)
+        if binning != self._profile_binning:
+            first, self._profile_binning = 0, binning
+        return self._profile(first)
 
     # --- control ----------------------------------------------------------------------
 

@@ -146,6 +146,12 @@ class Publisher:
         self.cube_epoch += 1
         self._dirty.clear()
 
+    def drop_dirty(self) -> None:
+        """Forget the slices waiting (counted as coalesced): a rebin gave every slice a
+        new meaning, and subscribers take a snapshot for it."""
+        self._coalesced += len(self._dirty)
+        self._dirty.clear()
+
     def mark_dirty(self, species_index: int, z: int) -> None:
         """Note that a slice changed. A slice already waiting is not queued twice: the
         change is coalesced into the one message :meth:`flush_cubes` will send."""

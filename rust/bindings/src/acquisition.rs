@@ -766,9 +766,14 @@ impl PyAcquisition {
         Ok((d, fps, n, counters.rebins, counters_d))
     }
 
-    /// Counts per slice and species, `uint64 [z, species]`.
-    fn depth_profile<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyArray2<u64>>> {
-        let (flat, shape) = self.engine(py, |e| cube_reads::depth_profile(e.cubes()))?;
+    /// Counts per slice and species from slice `z_start` on, `uint64 [z, species]`.
+    #[pyo3(signature = (z_start = 0))]
+    fn depth_profile<'py>(
+        &self,
+        py: Python<'py>,
+        z_start: usize,
+    ) -> PyResult<Bound<'py, PyArray2<u64>>> {
+        let (flat, shape) = self.engine(py, |e| cube_reads::depth_profile(e.cubes(), z_start))?;
         flat.into_pyarray(py).reshape(shape)
     }
 

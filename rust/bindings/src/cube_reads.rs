@@ -34,8 +34,9 @@ pub(crate) fn ion_map(
 }
 
 /// Counts per slice and species, `u64 [z, species]`.
-pub(crate) fn depth_profile(c: &CubeSet) -> (Vec<u64>, [usize; 2]) {
-    (c.depth_profile(), [c.n_slices(), c.n_species()])
+pub(crate) fn depth_profile(c: &CubeSet, z_start: usize) -> (Vec<u64>, [usize; 2]) {
+    let rows = c.n_slices().saturating_sub(z_start);
+    (c.depth_profile_from(z_start), [rows, c.n_species()])
 }
 
 /// ``{species: value}`` in the engine's species order.

@@ -213,10 +213,15 @@ impl EventCore {
         out.into_pyarray(py).reshape(shape)
     }
 
-    /// Counts per slice and species, `uint64 [z, species]`.
-    fn depth_profile<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyArray2<u64>>> {
+    /// Counts per slice and species from slice `z_start` on, `uint64 [z, species]`.
+    #[pyo3(signature = (z_start = 0))]
+    fn depth_profile<'py>(
+        &self,
+        py: Python<'py>,
+        z_start: usize,
+    ) -> PyResult<Bound<'py, PyArray2<u64>>> {
         let cubes = self.engine.cubes();
-        let (flat, shape) = py.detach(|| cube_reads::depth_profile(cubes));
+        let (flat, shape) = py.detach(|| cube_reads::depth_profile(cubes, z_start));
         flat.into_pyarray(py).reshape(shape)
     }
 

@@ -295,6 +295,13 @@ impl CubeSet {
 
     /// Counts per slice and species, `[z][species]` flattened, over all slices.
     pub fn depth_profile(&self) -> Vec<u64> {
+        self.depth_profile_from(0)
+    }
+
+    /// The rows of [`Self::depth_profile`] from slice `z_start` on (none past the last
+    /// slice): what a live update needs after [`Self::take_dirty`], without a copy of
+    /// the whole profile.
+    pub fn depth_profile_from(&self, z_start: usize) -> Vec<u64> {
         let mut cache = self.profile.lock().unwrap_or_else(PoisonError::into_inner);
         let ns = self.n_species;
         let from = cache.valid.min(self.n_slices);
@@ -305,7 +312,7 @@ impl CubeSet {
             }
         }
         cache.valid = self.n_slices;
-        cache.sums.clone()
+        cache.sums[z_start.min(self.n_slices) * ns..].to_vec()
     }
 
     /// Sum over slices `z0..z1` of one species: an ion map `[y, x]`.
@@ -454,6 +461,24 @@ mod tests {
         }
         assert!(c.n_slices() > 0);
         assert_eq!(c.depth_profile(), summed(&c));
+    }
+
+    #[test]
+    fn a_profile_from_a_slice_on_is_the_tail_of_the_whole() {
+        let mut c = filled(BudgetPolicy::Refuse, 1 << 24);
+        for z in 0..5 {
+            c.ensure_slice(z);
+            c.line_row(z % 2, z, 1)[3] += z as u32 + 1;
+        }
+        let whole = summed(&c);
+        let ns = c.n_species();
+        for z in 0..=5 {
+            assert_eq!(c.depth_profile_from(z), whole[z * ns..], "from {z}");
+        }
+        assert!(
+            c.depth_profile_from(9).is_empty(),
+            "past the last slice: no rows"
+        );
     }
 
     #[test]
