@@ -708,7 +708,8 @@ class JournalReader:
     def frames(self) -> JournalFrames:
         """Every detector frame in order as ``(seq, host_ns, frame)``."""
     def report(self) -> dict[str, Any]:
-        """Read everything: ``run_id``, ``segments``, ``missing_segments``, ``blocks``,
+        """Read everything: ``run_id``, ``segments``, ``missing_segments`` (``(first,
+        last)`` runs of indices), ``blocks``,
         ``frames``, ``raw_bytes``, ``stored_bytes``, ``first_seq``, ``last_seq``,
         ``last_host_ns``, ``closed``, ``recovered``, ``recoveries``,
         ``refused_appends``, ``corrupt`` (dicts of ``segment``, ``offset``, ``len``,

@@ -59,8 +59,9 @@ pub struct SeqGap {
 pub struct JournalReport {
     pub run_id: Option<String>,
     pub segments: u32,
-    /// Segment indices missing between the first and the last file.
-    pub missing_segments: Vec<u32>,
+    /// Runs of segment indices missing between the first and the last file, as
+    /// `(first, last)` inclusive: one entry per hole, however many files it spans.
+    pub missing_segments: Vec<(u32, u32)>,
     pub last_segment: Option<u32>,
     /// Verified blocks (of every kind) and detector frames in them.
     pub blocks: u64,
@@ -152,9 +153,12 @@ impl JournalReader {
             last_segment: self.segments.last().map(|s| s.0),
             ..Default::default()
         };
-        for w in self.segments.windows(2) {
-            report.missing_segments.extend(w[0].0 + 1..w[1].0);
-        }
+        report.missing_segments = self
+            .segments
+            .windows(2)
+            .filter(|w| w[1].0 > w[0].0 + 1)
+            .map(|w| (w[0].0 + 1, w[1].0 - 1))
+            .collect();
         Ok(Blocks {
             todo: self.segments.iter().cloned().collect(),
             cur: None,

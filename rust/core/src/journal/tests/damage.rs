@@ -293,3 +293,38 @@ fn extreme_sequence_numbers_and_counts_do_not_overflow() {
     assert_eq!(r.next_seq, 0);
     assert!(!recover(dir.path()).unwrap().marker_written);
 }
+
+/// Noticed while fuzzing: segment files numbered far apart were reported as every index
+/// between them, billions of entries for `segment-000000` next to `segment-4000000000`.
+#[test]
+fn missing_segments_are_reported_as_runs() {
+    let dir = TempDir::new("missing");
+    let w = JournalWriter::open(JournalConfig {
+        segment_bytes: 2000,
+        ..config(&dir)
+    })
+    .unwrap();
+    for i in 0..12 {
+        w.append(BlockKind::Note, i, &noise(900, i as u64)).unwrap();
+    }
+    w.close().unwrap();
+    let indices = JournalReader::open(dir.path()).unwrap().segment_indices();
+    assert!(indices.len() >= 6, "{indices:?}");
+    for gone in [1, 3, 4] {
+        fs::remove_file(dir.segment(indices[gone])).unwrap();
+    }
+    let last = *indices.last().unwrap();
+    fs::rename(dir.segment(last), dir.segment(4_000_000_000)).unwrap();
+
+    let (_, report) = read_all(dir.path());
+    let before_last = indices[indices.len() - 2];
+    assert_eq!(
+        report.missing_segments,
+        [
+            (indices[1], indices[1]),
+            (indices[3], indices[4]),
+            (before_last + 1, 3_999_999_999)
+        ]
+    );
+    assert_eq!(report.last_segment, Some(4_000_000_000));
+}
