@@ -1,7 +1,9 @@
 """Bad input, fuzzed (docs/fuzzing.md): whatever arrives, every parser answers with its
 documented error type and nothing else. Published messages and control requests and
 replies (:mod:`opsims.wire`) raise :class:`~opsims.wire.WireError`; the daemon's
-configuration and run protocols raise :class:`~opsims._native.ConfigError`; the native
+configuration and run protocols raise :class:`~opsims._native.ConfigError`; the Python
+end of the potentiostat link (:mod:`opsims.link.potentiostat`) raises its ``LinkError``;
+the native
 decoders raise the exception classes of :mod:`opsims._native` (a Rust panic would be
 ``opsims._native.PanicException``, which these tests never catch).
 
@@ -38,6 +40,7 @@ from opsims._native import (
 from opsims.config_table import apply_overrides, load_toml
 from opsims.daemon.config import DaemonConfig
 from opsims.daemon.protocol import RunProtocol
+from opsims.link import potentiostat as pl
 from opsims.wire import WireError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -316,6 +319,54 @@ def test_link_stream_decoder_raises_only_record_format_error(
         with contextlib.suppress(RecordFormatError):
             dec.push(p)
     assert dec.corrupt >= 0 and dec.bytes_skipped >= 0
+
+
+# --- the potentiostat link's Python end --------------------------------------------------
+
+PAYLOAD_DECODERS: list[Any] = [
+    pl.unpack_current,
+    pl.unpack_samples,
+    pl.EisRequest.unpack,
+    pl.Reply.unpack,
+    pl.Hello.unpack,
+    pl.EisPoint.unpack,
+    pl.Event.unpack,
+    pl.Status.unpack,
+]
+
+
+@FAST
+@given(payload=st.binary(max_size=80))
+@example(payload=struct.pack("<IHH", 1, 0xFFFF, 0))  # a reply code the protocol lacks
+@example(payload=struct.pack("<H6x", 3) + bytes(8))  # says 3 samples, carries less
+def test_potentiostat_payload_decoders_raise_only_link_error(payload: bytes) -> None:
+    for decode in PAYLOAD_DECODERS:
+        with contextlib.suppress(pl.LinkError):
+            decode(payload)
+
+
+@FAST
+@given(
+    chunks=st.lists(st.binary(max_size=40), max_size=8),
+    payloads=st.lists(st.binary(max_size=60), min_size=1, max_size=4),
+    cut=st.integers(1, 64),
+)
+def test_potentiostat_frame_reader_finds_every_frame_between_garbage(
+    chunks: list[bytes], payloads: list[bytes], cut: int
+) -> None:
+    """Garbage before, between and after good frames, the stream cut anywhere: the
+    reader never raises and yields every good frame. (Garbage may hold a frame of its
+    own only by carrying the magic and a matching CRC, which these bytes do not.)"""
+    good = [pl.encode(pl.Kind.HEARTBEAT, i, p) for i, p in enumerate(payloads)]
+    noise = [c.replace(pl.MAGIC[:1], b"") for c in chunks]
+    stream = b"".join(n + g for n, g in zip(noise, good, strict=False))
+    stream += b"".join(noise[len(good) :]) + b"".join(good[len(noise) :])
+    reader = pl.FrameReader()
+    got: list[pl.Frame] = []
+    for i in range(0, len(stream), cut):
+        reader.feed(stream[i : i + cut])
+        got.extend(reader)
+    assert [(f.sequence, f.payload) for f in got] == [(i, p) for i, p in enumerate(payloads)]
 
 
 def ptu_bytes(tags: list[tuple[str, int, bytes]], tail: bytes) -> bytes:

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import math
 import socket
@@ -153,6 +154,17 @@ class FrameReader:
 
 # --- payloads -------------------------------------------------------------------------
 
+
+@contextlib.contextmanager
+def _malformed(kind: str) -> Iterator[None]:
+    """A payload too short for its kind, or with a code the protocol does not have, is
+    the other end's error: a LinkError that says so, not a struct or enum error."""
+    try:
+        yield
+    except (struct.error, ValueError) as e:
+        raise LinkError(f"malformed {kind} payload: {e}") from None
+
+
 _F64 = struct.Struct("<d")
 _CURRENT_LIMIT = struct.Struct("<dd")
 _EIS = struct.Struct("<ddHd")
@@ -176,7 +188,8 @@ class EisRequest:
 
     @classmethod
     def unpack(cls, payload: bytes) -> EisRequest:
-        return cls(*_EIS.unpack(payload))
+        with _malformed("START_EIS"):
+            return cls(*_EIS.unpack(payload))
 
     def frequencies(self) -> npt.NDArray[np.float64]:
         """Log-spaced, high to low, both ends included."""
@@ -198,11 +211,12 @@ def pack_current(amps: float, limit_v: float | None = None) -> bytes:
 
 def unpack_current(payload: bytes) -> tuple[float, float | None]:
     """``(amps, limit_v)``; ``limit_v`` is None in the 8-byte form."""
-    if len(payload) == _F64.size:
-        (amps,) = _F64.unpack(payload)
-        return float(amps), None
-    amps, limit_v = _CURRENT_LIMIT.unpack(payload)
-    return float(amps), float(limit_v)
+    with _malformed("SET_CURRENT"):
+        if len(payload) == _F64.size:
+            (amps,) = _F64.unpack(payload)
+            return float(amps), None
+        amps, limit_v = _CURRENT_LIMIT.unpack(payload)
+        return float(amps), float(limit_v)
 
 
 @dataclass(frozen=True)
@@ -222,9 +236,10 @@ class Reply:
 
     @classmethod
     def unpack(cls, payload: bytes) -> Reply:
-        seq, code, n = _REPLY.unpack_from(payload)
-        text = payload[_REPLY.size : _REPLY.size + n].decode(errors="replace")
-        return cls(seq, ReplyCode(code), text, payload[_REPLY.size + n :])
+        with _malformed("REPLY"):
+            seq, code, n = _REPLY.unpack_from(payload)
+            text = payload[_REPLY.size : _REPLY.size + n].decode(errors="replace")
+            return cls(seq, ReplyCode(code), text, payload[_REPLY.size + n :])
 
 
 @dataclass(frozen=True)
@@ -250,9 +265,10 @@ class Hello:
 
     @classmethod
     def unpack(cls, payload: bytes) -> Hello:
-        protocol, bits, tick_fs, period, compliance, n = _HELLO.unpack_from(payload)
-        name = payload[_HELLO.size : _HELLO.size + n].decode(errors="replace")
-        return cls(protocol, bits, tick_fs, period, compliance, name)
+        with _malformed("HELLO"):
+            protocol, bits, tick_fs, period, compliance, n = _HELLO.unpack_from(payload)
+            name = payload[_HELLO.size : _HELLO.size + n].decode(errors="replace")
+            return cls(protocol, bits, tick_fs, period, compliance, name)
 
 
 def pack_samples(samples: npt.NDArray[np.void]) -> bytes:
@@ -260,7 +276,8 @@ def pack_samples(samples: npt.NDArray[np.void]) -> bytes:
 
 
 def unpack_samples(payload: bytes) -> npt.NDArray[np.void]:
-    (count,) = _SAMPLES.unpack_from(payload)
+    with _malformed("SAMPLES"):
+        (count,) = _SAMPLES.unpack_from(payload)
     body = payload[_SAMPLES.size :]
     if len(body) != count * SAMPLE_DTYPE.itemsize:
         raise LinkError(f"SAMPLES frame says {count} samples but carries {len(body)} bytes")
@@ -283,7 +300,8 @@ class EisPoint:
 
     @classmethod
     def unpack(cls, payload: bytes) -> EisPoint:
-        return cls(*_EIS_POINT.unpack(payload))
+        with _malformed("EIS_POINT"):
+            return cls(*_EIS_POINT.unpack(payload))
 
 
 @dataclass(frozen=True)
@@ -298,9 +316,10 @@ class Event:
 
     @classmethod
     def unpack(cls, payload: bytes) -> Event:
-        tick, code, n = _EVENT.unpack_from(payload)
-        text = payload[_EVENT.size : _EVENT.size + n].decode(errors="replace")
-        return cls(tick, EventCode(code), text)
+        with _malformed("EVENT"):
+            tick, code, n = _EVENT.unpack_from(payload)
+            text = payload[_EVENT.size : _EVENT.size + n].decode(errors="replace")
+            return cls(tick, EventCode(code), text)
 
 
 @dataclass(frozen=True)
@@ -328,8 +347,9 @@ class Status:
 
     @classmethod
     def unpack(cls, payload: bytes) -> Status:
-        tick, mode, wd, done, total, setpoint, ewe, current = _STATUS.unpack(payload)
-        return cls(tick, ControlMode(mode), bool(wd), done, total, setpoint, ewe, current)
+        with _malformed("STATUS"):
+            tick, mode, wd, done, total, setpoint, ewe, current = _STATUS.unpack(payload)
+            return cls(tick, ControlMode(mode), bool(wd), done, total, setpoint, ewe, current)
 
 
 # --- host end -------------------------------------------------------------------------
