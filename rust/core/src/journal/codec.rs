@@ -62,6 +62,19 @@ impl FrameBatch {
         }
     }
 
+    /// Empty, with room for `bytes` already in memory: its pages are touched now, not
+    /// as the first frames fill it.
+    pub fn prefaulted(bytes: usize) -> Self {
+        let mut batch = Self::with_capacity(bytes);
+        batch.data.resize(bytes, 0);
+        batch.data.clear();
+        batch
+    }
+
+    pub fn capacity(&self) -> usize {
+        self.data.capacity()
+    }
+
     /// The caller keeps each frame within `u32` (the writer checks `MAX_BLOCK_LEN`).
     pub fn push(&mut self, host_ns: i64, frame: &[u8]) {
         self.index.push((frame.len() as u32, host_ns));

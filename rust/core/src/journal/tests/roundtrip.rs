@@ -1,4 +1,5 @@
 use super::*;
+use crate::journal::writer::SPARE_BATCHES;
 
 const OPAQUE: [BlockKind; 6] = [
     BlockKind::Potentiostat,
@@ -294,4 +295,26 @@ fn auto_transform_keeps_up_with_the_best_fixed_one() {
             "{name}: auto {auto}, fixed {fixed:?}"
         );
     }
+}
+
+/// The spare batch buffers are there from the start, and a burst of blocks leaves no more
+/// of them behind: the journal's memory is the same after a burst as before it.
+#[test]
+fn spare_batches_are_made_at_open_and_a_burst_leaves_no_more() {
+    let dir = TempDir::new("spares");
+    let w = JournalWriter::open(JournalConfig {
+        block_bytes: 4096,
+        ..config(&dir)
+    })
+    .unwrap();
+    assert_eq!(w.spare_capacities(), [4096; SPARE_BATCHES]);
+    for i in 0..300 {
+        w.append_frame(i, &noise(1500, i as u64)).unwrap();
+    }
+    w.close().unwrap();
+    let spares = w.spare_capacities();
+    assert!(
+        !spares.is_empty() && spares.len() <= SPARE_BATCHES,
+        "{spares:?}"
+    );
 }
