@@ -138,7 +138,7 @@ def test_memory_descriptors_and_cpu_hold(soak: dict[str, Any]) -> None:
     assert samples[-1]["counters"]["rebins"] >= 1
 
     def net(xs: list[dict[str, Any]]) -> float:
-        return float(np.mean([x["daemon"]["rss_bytes"] - x["cube_bytes"] for x in xs]))
+        return float(np.median([x["daemon"]["rss_bytes"] - x["cube_bytes"] for x in xs]))
 
     assert net(last) / net(first) - 1 <= RSS_TOLERANCE
     for who in ("daemon", "simulator"):

@@ -749,10 +749,9 @@ def pin_mmap_threshold() -> bool:
     """Keep every block of 128 KiB or more in a mapping of its own, returned to the
     system when freed. By default glibc raises that threshold to the size of the largest
     such block freed (up to 32 MiB): once a rebin has freed the cubes' 9 MiB chunks, the
-    cube slices copied out for publishing (256 KiB each, a whole cube of them after the
-    rebin) come from the heap, which keeps the burst's high-water resident for good
-    (83 -> 102 MB at the first rebin of an hour-long soak, docs/daemon.md). False where
-    there is no glibc."""
+    cube slices copied out for publishing and snapshots (256 KiB each) come from the
+    heap, which keeps their high-water resident for good (83 -> 102 MB at the first rebin
+    of an hour-long soak, docs/daemon.md). False where there is no glibc."""
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
         return bool(libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES))
