@@ -82,6 +82,8 @@ class Daemon:
         # The native interlock's last state read, and what of it was already handled.
         self.safety: dict[str, Any] = {"state": "armed"}
         self.safety_seen: tuple[int, Any, Any] | None = None
+        # The trip restored from before a restart, once it is in the audit trail.
+        self._restored_trip_ns: int | None = None
         self.runs_dir = config.state_dir / "runs"
         # The run being recorded, and those still closing (joined at shutdown).
         self.record: RunRecord | None = None
@@ -147,6 +149,14 @@ class Daemon:
             )
             log.error("safety: trip latched before the restart (%s): %s",
                       latched["reason"], latched["detail"])  # fmt: skip
+            # Into the history now: the links are already up, and a sample that trips the
+            # interlock before the first check would take the restored trip's place there.
+            st = self.acq.interlock_state() or {}
+            fields = {k: latched.get(k) for k in ("reason", "detail", "trip_host_ns", "sample")}
+            written = st.get("restored") and st.get("open_circuit_written")
+            self.safety_record.audit("restored", **fields, open_circuit_written=bool(written),
+                                     restored=True)  # fmt: skip
+            self._restored_trip_ns = int(latched["trip_host_ns"])
         self.pub = Publisher(
             c.publish,
             source=f"{c.source}@{socket.gethostname()}",
@@ -668,7 +678,8 @@ class Daemon:
         if old is None or old[1] != st["trip_host_ns"]:
             fields = {k: st[k] for k in ("reason", "detail", "trip_host_ns", "sample",
                                          "open_circuit_written", "restored")}  # fmt: skip
-            self.safety_record.audit("restored" if st["restored"] else "trip", **fields)
+            if not (st["restored"] and st["trip_host_ns"] == self._restored_trip_ns):
+                self.safety_record.audit("restored" if st["restored"] else "trip", **fields)
             if st["reason"] == "shutdown":  # an orderly stop: no fault to latch or shout
                 log.info("safety: interlock tripped for the shutdown: %s", st["detail"])
             else:
