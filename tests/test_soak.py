@@ -13,7 +13,7 @@ measure there:
 - RSS growth (net of the cubes) at most 15 %, not 1 %: warm-up is 10 % of the duration,
   12 s, which does not cover start-up (the journal's buffers and the subscribers' queues
   reach their working size), and the first minute after warm-up (12-72 s) overlaps the
-  last (60-120 s). Measured: +1.7 to +3.9 %. Before the daemon pinned malloc's mmap
+  last (60-120 s). Measured, by the means of the windows: +1.7 to +3.9 %. Before the daemon pinned malloc's mmap
   threshold, one rebin of an hour-long soak kept ~19 MB resident for good
   (docs/daemon.md); as much here would be about 35 %. A leak in proportion to the data
   would show too: 15 % is ~8 MiB over the ~55 s between the windows.
