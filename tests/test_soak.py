@@ -13,10 +13,11 @@ measure there:
 - RSS growth (net of the cubes) at most 15 %, not 1 %: warm-up is 10 % of the duration,
   12 s, which does not cover start-up (the journal's buffers and the subscribers' queues
   reach their working size), and the first minute after warm-up (12-72 s) overlaps the
-  last (60-120 s). Measured, by the means of the windows: +1.7 to +3.9 %. Before the daemon pinned malloc's mmap
-  threshold, one rebin of an hour-long soak kept ~19 MB resident for good
-  (docs/daemon.md); as much here would be about 35 %. A leak in proportion to the data
-  would show too: 15 % is ~8 MiB over the ~55 s between the windows.
+  last (60-120 s). Measured, by the means of the windows: +1.7 to +3.9 %. Before the
+  daemon pinned malloc's mmap threshold, one rebin of an hour-long soak kept ~19 MB
+  resident for good (docs/daemon.md); as much here would be about 35 %. A leak in
+  proportion to the data would show too: 15 % is ~8 MiB over the ~55 s between the
+  windows.
 - CPU per million events, last quarter against the second, within 50 %, not 10 %: at
   2.5 M events/s the daemon uses about a tenth of a core, and much of it is work per
   second, not per event (status, cube flushes, the journal's syncs), so 30 s quarters of
