@@ -208,6 +208,27 @@ def test_a_latched_trip_holds_before_the_link_and_opens_it_first_thing() -> None
             acq.stop()
 
 
+def test_a_trip_latched_at_construction_is_there_before_the_link_starts() -> None:
+    """The daemon's restart path: the trip is in the interlock before the link thread
+    exists, so no sample can trip it afresh first; the link's first command opens it."""
+    with fakepot() as pot:
+        acq = Acquisition(potentiostat={"host": "127.0.0.1", "port": pot.port}, interlock={},
+                          latched=("ewe_high", "before the restart", 123, None))  # fmt: skip
+        try:
+            st = acq.interlock_state()
+            assert st is not None and st["state"] == "tripped" and st["restored"]
+            assert (st["reason"], st["trip_host_ns"]) == ("ewe_high", 123)
+            pot.command("OPEN_CIRCUIT")
+            with pytest.raises(CommandRefused):
+                acq.set_current(1e-6)
+        finally:
+            acq.stop()
+    with pytest.raises(ValueError, match="latched: needs an interlock"):
+        Acquisition(latched=("ewe_high", "", 0, None))
+    with pytest.raises(ValueError, match="unknown trip reason"):
+        Acquisition(interlock={}, latched=("bored", "", 0, None))
+
+
 @pytest.mark.parametrize(
     ("limits", "message"),
     [({"ewe_min_v": 10.0}, "interlock.ewe_max_v: must be above"),

@@ -463,6 +463,9 @@ class Acquisition:
     queued: with ``interlock`` (a dict of limits, docs/safety.md) that check is the
     safety interlock, which opens the circuit from the potentiostat thread on a bad
     sample and refuses current until :meth:`reset_interlock`; without it, a pass-through.
+    ``latched`` (``reason``, ``detail``, ``trip_host_ns``, ``sample``) is a trip from
+    before a restart, restored in the interlock before the links start (as
+    :meth:`latch_interlock`, which cannot be that early).
 
     Safe to call from any Python thread; waits and copies release the GIL. Bad values
     raise :class:`ConfigError` naming the key (``detector.nx: ...``). Dropping the object
@@ -481,6 +484,7 @@ class Acquisition:
         liveness_s: float = 2.0,
         sample_queue: int = 1_000_000,
         interlock: dict[str, Any] | None = None,
+        latched: tuple[str, str, int, dict[str, Any] | None] | None = None,
     ) -> Self: ...
     def wait(self, timeout_s: float) -> bool:
         """Block, GIL released, until new samples, events or detector data arrived since

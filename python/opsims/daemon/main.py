@@ -82,8 +82,6 @@ class Daemon:
         # The native interlock's last state read, and what of it was already handled.
         self.safety: dict[str, Any] = {"state": "armed"}
         self.safety_seen: tuple[int, Any, Any] | None = None
-        # The trip restored from before a restart, once it is in the audit trail.
-        self._restored_trip_ns: int | None = None
         self.runs_dir = config.state_dir / "runs"
         # The run being recorded, and those still closing (joined at shutdown).
         self.record: RunRecord | None = None
@@ -123,6 +121,16 @@ class Daemon:
             self.sim_control = ("127.0.0.1", ports["control"])
         elif c.simulator == "external" and c.sim is not None:
             self.sim_control = (c.sim.host, c.sim.control_port)
+        self.safety_record = SafetyRecord(c.state_dir)
+        latched = self.safety_record.latched()
+        # A trip from before the restart holds, restored before the links start: before
+        # anything can command current, and before a sample can trip it afresh.
+        restore = None
+        if latched is not None:
+            restore = (latched["reason"], latched["detail"], int(latched["trip_host_ns"]),
+                       latched.get("sample"))  # fmt: skip
+            log.error("safety: trip latched before the restart (%s): %s",
+                      latched["reason"], latched["detail"])  # fmt: skip
         self.acq = Acquisition(
             detector={"host": det_addr[0], "port": det_addr[1], **c.detector.engine_args()},
             potentiostat={
@@ -136,27 +144,8 @@ class Daemon:
             heartbeat_s=c.heartbeat_s,
             liveness_s=c.liveness_s,
             interlock=c.safety.native(),
+            latched=restore,
         )
-        self.safety_record = SafetyRecord(c.state_dir)
-        latched = self.safety_record.latched()
-        if latched is not None:
-            # Before anything can command current: a trip from before the restart holds.
-            self.acq.latch_interlock(
-                latched["reason"],
-                latched["detail"],
-                int(latched["trip_host_ns"]),
-                latched.get("sample"),
-            )
-            log.error("safety: trip latched before the restart (%s): %s",
-                      latched["reason"], latched["detail"])  # fmt: skip
-            # Into the history now: the links are already up, and a sample that trips the
-            # interlock before the first check would take the restored trip's place there.
-            st = self.acq.interlock_state() or {}
-            fields = {k: latched.get(k) for k in ("reason", "detail", "trip_host_ns", "sample")}
-            written = st.get("restored") and st.get("open_circuit_written")
-            self.safety_record.audit("restored", **fields, open_circuit_written=bool(written),
-                                     restored=True)  # fmt: skip
-            self._restored_trip_ns = int(latched["trip_host_ns"])
         self.pub = Publisher(
             c.publish,
             source=f"{c.source}@{socket.gethostname()}",
@@ -678,8 +667,7 @@ class Daemon:
         if old is None or old[1] != st["trip_host_ns"]:
             fields = {k: st[k] for k in ("reason", "detail", "trip_host_ns", "sample",
                                          "open_circuit_written", "restored")}  # fmt: skip
-            if not (st["restored"] and st["trip_host_ns"] == self._restored_trip_ns):
-                self.safety_record.audit("restored" if st["restored"] else "trip", **fields)
+            self.safety_record.audit("restored" if st["restored"] else "trip", **fields)
             if st["reason"] == "shutdown":  # an orderly stop: no fault to latch or shout
                 log.info("safety: interlock tripped for the shutdown: %s", st["detail"])
             else:

@@ -348,7 +348,7 @@ impl PyAcquisition {
     #[pyo3(signature = (
         *, detector = None, potentiostat = None, clock_time_scale = 1.0,
         reconnect_initial_s = 0.1, reconnect_max_s = 5.0, heartbeat_s = 0.5,
-        liveness_s = 2.0, sample_queue = 1_000_000, interlock = None,
+        liveness_s = 2.0, sample_queue = 1_000_000, interlock = None, latched = None,
     ))]
     #[allow(clippy::too_many_arguments)]
     fn new(
@@ -361,6 +361,7 @@ impl PyAcquisition {
         liveness_s: f64,
         sample_queue: usize,
         interlock: Option<Bound<'_, PyAny>>,
+        latched: Option<(String, String, i64, Option<Bound<'_, PyAny>>)>,
     ) -> PyResult<Self> {
         let interlock = interlock.map(interlock::config).transpose()?;
         let detector = detector.map(detector_config).transpose()?;
@@ -383,6 +384,22 @@ impl PyAcquisition {
             .map(InterlockCheck::new)
             .transpose()
             .map_err(to_py)?;
+        if let Some((reason, detail, trip_host_ns, sample)) = latched {
+            // Before the links start: no sample can trip it first and take its place.
+            let h = interlock
+                .as_ref()
+                .ok_or_else(|| PyValueError::new_err("latched: needs an interlock"))?;
+            let reason = interlock::reason(&reason)?;
+            let sample = sample.map(interlock::sample_from).transpose()?;
+            h.lock().restore(
+                reason,
+                detail,
+                trip_host_ns,
+                sample,
+                realtime_ns(),
+                &mut interlock::NoLink,
+            );
+        }
         let check: Box<dyn SampleCheck> = match &interlock {
             Some(h) => Box::new(h.clone()),
             None => Box::new(NoCheck),
