@@ -301,10 +301,15 @@ def test_coalescing_sends_only_the_latest_content_and_counts_the_rest(ctx: Ctx) 
     species = ["Na+", "O-"]
     cubes: dict[str, np.ndarray[Any, Any]] = {s: np.zeros((4, 3, 5), np.uint32) for s in species}
 
-    def read(i: int, z: int) -> np.ndarray[Any, Any]:
-        return np.array(cubes[species[i]][z])
-
     binning = {"frames_per_slice": 1, "n_slices": 4, "rebins": 0}
+
+    def read(
+        keys: list[tuple[int, int]],
+    ) -> tuple[list[np.ndarray[Any, Any] | None], int, int, int]:
+        n = binning["n_slices"]
+        slices = [np.array(cubes[species[i]][z]) if z < n else None for i, z in keys]
+        return slices, binning["frames_per_slice"], n, binning["rebins"]
+
     with (
         Publisher(ANY_PORT, source="s", context=ctx, species=species) as pub,
         Subscriber(pub.endpoint, ["cube", "hello"], context=ctx) as sub,
@@ -316,7 +321,7 @@ def test_coalescing_sends_only_the_latest_content_and_counts_the_rest(ctx: Ctx) 
         cubes["O-"][0] = 7
         pub.mark_dirty(1, 0)
         assert pub.stats()["coalesced"] == 4 and pub.stats()["dirty_slices"] == 2
-        assert pub.flush_cubes(read, 10, **binning) == 2
+        assert pub.flush_cubes(read, 10) == 2
         first, second = sub.recv(5.0), sub.recv(5.0)
         assert first is not None and second is not None
         assert (first.fields["species"], first.fields["z"], first.seq) == ("Na+", 1, 0)
@@ -328,15 +333,24 @@ def test_coalescing_sends_only_the_latest_content_and_counts_the_rest(ctx: Ctx) 
         # A budget per flush: the oldest dirty slices go first, the rest wait.
         for z in (3, 0, 2):
             pub.mark_dirty(0, z)
-        assert pub.flush_cubes(read, 2, **binning) == 2
+        assert pub.flush_cubes(read, 2) == 2
         assert pub.stats()["dirty_slices"] == 1
-        assert pub.flush_cubes(read, 2, **binning) == 1
+        assert pub.flush_cubes(read, 2) == 1
         assert [m.fields["z"] for m in (sub.recv(5.0) for _ in range(3)) if m] == [3, 0, 2]
-        # After a rebin to 2 slices, slice 3 no longer exists: dropped, counted.
+        # A rebin to 2 slices after slices 1 and 3 were marked: slice 3 no longer exists,
+        # and slice 1 now means other frames; both dropped, counted. A slice marked in
+        # the new binning goes out tagged with it.
         pub.mark_dirty(1, 3)
-        assert pub.flush_cubes(read, 5, frames_per_slice=2, n_slices=2, rebins=1) == 0
-        assert pub.stats()["coalesced"] == 5
-        assert sub.gaps == 0 and pub.snapshot_seq() == 4
+        pub.mark_dirty(0, 1)
+        binning.update(frames_per_slice=2, n_slices=2, rebins=1)
+        assert pub.flush_cubes(read, 5) == 0
+        assert pub.stats()["coalesced"] == 6
+        pub.mark_dirty(0, 1, rebins=1)
+        assert pub.flush_cubes(read, 5) == 1
+        rebinned = sub.recv(5.0)
+        assert rebinned is not None and rebinned.fields["z"] == 1
+        assert {k: rebinned.fields[k] for k in binning} == binning
+        assert sub.gaps == 0 and pub.snapshot_seq() == 5
         with pytest.raises(ValueError, match="uint32"):
             pub.cube_update("Na+", 0, np.zeros((3, 5)), **binning)
 
@@ -355,9 +369,15 @@ class FakeDaemonCubes:
             s: np.zeros((64, ny, nx), np.uint32) for s in species
         }
 
-    def read_slice(self, i: int, z: int) -> np.ndarray[Any, Any]:
+    def read_slices(
+        self, keys: list[tuple[int, int]]
+    ) -> tuple[list[np.ndarray[Any, Any] | None], int, int, int]:
         with self.lock:
-            return np.array(self.cubes[self.species[i]][z])
+            slices = [
+                np.array(self.cubes[self.species[i]][z]) if z < self.n_slices else None
+                for i, z in keys
+            ]
+            return slices, self.frames_per_slice, self.n_slices, self.rebins
 
     def read_all(self) -> tuple[dict[str, Any], dict[str, np.ndarray[Any, Any]]]:
         with self.lock:
@@ -367,13 +387,6 @@ class FakeDaemonCubes:
                 n_slices=self.n_slices,
                 rebins=self.rebins,
             )
-
-    def binning(self) -> dict[str, int]:
-        return {
-            "frames_per_slice": self.frames_per_slice,
-            "n_slices": self.n_slices,
-            "rebins": self.rebins,
-        }
 
     def run(self, pub: Publisher, steps: int, rng: np.random.Generator) -> None:
         for step in range(steps):
@@ -386,12 +399,12 @@ class FakeDaemonCubes:
                 z = int(rng.integers(self.n_slices))
                 plane = self.cubes[self.species[i]][z]
                 plane += rng.poisson(0.3, plane.shape).astype(np.uint32)
-            pub.mark_dirty(i, z)
+            pub.mark_dirty(i, z, self.rebins)
             if step % 10 == 0:
-                pub.flush_cubes(self.read_slice, 4, **self.binning())
+                pub.flush_cubes(self.read_slices, 4)
             time.sleep(0.0005)
         while pub.stats()["dirty_slices"]:
-            pub.flush_cubes(self.read_slice, 100, **self.binning())
+            pub.flush_cubes(self.read_slices, 100)
 
     def _rebin(self, pub: Publisher) -> None:
         half = (self.n_slices + 1) // 2
@@ -403,7 +416,7 @@ class FakeDaemonCubes:
         self.n_slices, self.frames_per_slice, self.rebins = half, 2, 1
         for i in range(len(self.species)):
             for z in range(half):
-                pub.mark_dirty(i, z)
+                pub.mark_dirty(i, z, self.rebins)
 
 
 def test_a_client_joining_mid_run_ends_with_the_daemons_cubes(ctx: Ctx) -> None:

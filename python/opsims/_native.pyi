@@ -626,6 +626,12 @@ class Acquisition:
     ) -> npt.NDArray[np.uint32]:
         """A copy of slices ``z_start..z_stop`` of one species, ``[z, y, x]``, taken under
         the engine's lock (the detector thread waits meanwhile)."""
+    def cube_slices(
+        self, keys: Sequence[tuple[int, int]]
+    ) -> tuple[list[npt.NDArray[np.uint32] | None], int, int, int]:
+        """Single slices ``(species_index, z)``, ``[y, x]``, read under one lock with the
+        binning they are of: ``(slices, frames_per_slice, n_slices, rebins)``. A slice
+        merged away by a rebin since it was asked for (``z >= n_slices``) is None."""
     def cubes(
         self,
     ) -> tuple[dict[str, npt.NDArray[np.uint32]], int, int, int, dict[str, int]]:
@@ -634,6 +640,9 @@ class Acquisition:
         n_slices, rebins, counters)``."""
     def depth_profile(self, z_start: int = 0) -> npt.NDArray[np.uint64]:
         """Counts per slice and species from slice ``z_start`` on, ``[z, species]``."""
+    def profile_rows(self, z_start: int = 0) -> tuple[npt.NDArray[np.uint64], int, int, int]:
+        """The depth profile from slice ``z_start`` on, ``[z, species]``, read under one
+        lock with the binning it is of: ``(rows, frames_per_slice, n_slices, rebins)``."""
     def ion_map(
         self, species: str | int, z_start: int = 0, z_stop: int | None = None
     ) -> npt.NDArray[np.uint64]:

@@ -341,10 +341,13 @@ class Daemon:
             self.runner.on_voltage_stop(tick * hello["tick_fs"] * 1e-15, detail)
 
     def _publish_cubes(self) -> None:
+        # The detector thread may rebin between any two of these reads. The slices and
+        # the profile are each read with the binning they are of; slices marked in an
+        # older binning are not sent, and a rebin seen here late is handled next call.
         first = self.acq.take_dirty()
-        n = self.acq.n_slices
         counters = self.acq.counters()
         rebins = counters.get("rebins", 0)
+        n = self.acq.n_slices
         if first is not None and rebins != self._cube_rebins:
             # Every slice changed its meaning, so subscribers take a snapshot
             # (docs/publishing.md): of the whole cube only the newest slice goes out, to
@@ -356,18 +359,12 @@ class Daemon:
         if first is not None:
             for s in range(len(self.acq.species)):
                 for z in range(first, n):
-                    self.pub.mark_dirty(s, z)
+                    self.pub.mark_dirty(s, z, rebins)
         if not n:
             return
-        self.pub.flush_cubes(
-            lambda s, z: self.acq.cube(s, z, z + 1)[0],
-            max_messages=4 * len(self.acq.species),
-            frames_per_slice=self.acq.frames_per_slice,
-            n_slices=n,
-            rebins=rebins,
-        )
+        self.pub.flush_cubes(self.acq.cube_slices, max_messages=4 * len(self.acq.species))
         if first is not None:
-            fields, arrays = self._live_profile(first, rebins)
+            fields, arrays = self._live_profile(first)
             # Read before the slices and this profile: every record of these lines is in
             # them, so a client can time the cube update (benchmarks/daemon_throughput.py).
             fields["lines_binned"] = counters.get("lines_good", 0) + counters.get("lines_bad", 0)
@@ -411,26 +408,31 @@ class Daemon:
         return fields, arrays
 
     def _profile(self, z0: int = 0) -> tuple[dict[str, Any], dict[str, Any]]:
+        rows, frames_per_slice, n, rebins = self.acq.profile_rows(z0)
         fields = {
             "species": self.acq.species,
-            "frames_per_slice": self.acq.frames_per_slice,
-            "n_slices": self.acq.n_slices,
-            "rebins": self.acq.counters().get("rebins", 0),
+            "frames_per_slice": frames_per_slice,
+            "n_slices": n,
+            "rebins": rebins,
             "epoch": self.pub.cube_epoch,
-            "z0": z0,
+            "z0": min(z0, n),
         }
-        return fields, {"profile": self.acq.depth_profile(z0)}
+        return fields, {"profile": rows}
 
-    def _live_profile(self, first: int, rebins: int) -> tuple[dict[str, Any], dict[str, Any]]:
+    def _live_profile(self, first: int) -> tuple[dict[str, Any], dict[str, Any]]:
         """The rows from ``first`` (the first slice changed since the last message) on;
         the whole profile only when every row changed (a rebin, a new run's cubes). A
         message's size follows what changed, not how deep the run is, and so does the
         memory of the queue behind a slow subscriber. A subscriber that joins or loses
         its place takes a snapshot (docs/publishing.md)."""
-        binning = (rebins, self.pub.cube_epoch)
-        if binning != self._profile_binning:
-            first, self._profile_binning = 0, binning
-        return self._profile(first)
+        epoch = self.pub.cube_epoch
+        known = self._profile_binning is not None and self._profile_binning[1] == epoch
+        fields, arrays = self._profile(first if known else 0)
+        if (fields["rebins"], epoch) != self._profile_binning:
+            if fields["z0"]:
+                fields, arrays = self._profile(0)
+            self._profile_binning = (fields["rebins"], epoch)
+        return fields, arrays
 
     # --- control ----------------------------------------------------------------------
 

@@ -25,7 +25,9 @@ log = logging.getLogger(__name__)
 #: What ``snapshot`` can return, and the topic whose sequence number tags it.
 SNAPSHOT_TOPICS = {"cubes": "cube", "profile": "profile"}
 
-SliceReader = Callable[[int, int], Array]
+#: Reads ``(species_index, z)`` slices at once, with the binning they are of:
+#: ``(slices, frames_per_slice, n_slices, rebins)``, None for a slice a rebin merged away.
+SliceReader = Callable[[list[tuple[int, int]]], tuple[Sequence[Array | None], int, int, int]]
 StateReader = Callable[[], tuple[Mapping[str, Any], Mapping[str, Array]]]
 
 
@@ -72,7 +74,8 @@ class Publisher:
         self._sent: Counter[str] = Counter()
         self._refused: Counter[str] = Counter()
         # (species index, z) in the order they first became dirty: oldest goes first.
-        self._dirty: OrderedDict[tuple[int, int], None] = OrderedDict()
+        # (species index, z) -> the rebin count of the binning the slice was marked in
+        self._dirty: OrderedDict[tuple[int, int], int] = OrderedDict()
         self.cube_epoch = 0
         self._coalesced = 0
 
@@ -152,42 +155,42 @@ class Publisher:
         self._coalesced += len(self._dirty)
         self._dirty.clear()
 
-    def mark_dirty(self, species_index: int, z: int) -> None:
-        """Note that a slice changed. A slice already waiting is not queued twice: the
-        change is coalesced into the one message :meth:`flush_cubes` will send."""
+    def mark_dirty(self, species_index: int, z: int, rebins: int = 0) -> None:
+        """Note that slice ``z`` of the binning after ``rebins`` rebins changed. A slice
+        already waiting is not queued twice: the change is coalesced into the one
+        message :meth:`flush_cubes` will send."""
         self._species_of(species_index)
         key = (species_index, z)
         if key in self._dirty:
             self._coalesced += 1
-        else:
-            self._dirty[key] = None
+        self._dirty[key] = rebins
 
-    def flush_cubes(
-        self,
-        read_slice: SliceReader,
-        max_messages: int,
-        *,
-        frames_per_slice: int,
-        n_slices: int,
-        rebins: int,
-    ) -> int:
+    def flush_cubes(self, read_slices: SliceReader, max_messages: int) -> int:
         """Send up to ``max_messages`` dirty slices, oldest first, each with its content
-        now (``read_slice(species_index, z)``); the rest wait for the next call.
-        Call it at the configured cube rate. Returns the number sent.
+        now; the rest wait for the next call. Call it at the configured cube rate.
+        Returns the number sent.
 
-        Dirty slices beyond ``n_slices`` (merged away by a rebin) are counted as
-        coalesced and dropped.
+        The slices are read in one call that also gives their binning, and each message
+        is tagged with it. A slice marked in an earlier binning than the one read (the
+        cubes were rebinned in between) or merged away is counted as coalesced and
+        dropped: a rebin is announced by the slices marked after it, and subscribers
+        take a snapshot for it.
         """
+        marked: list[tuple[tuple[int, int], int]] = []
+        while self._dirty and len(marked) < max_messages:
+            marked.append(self._dirty.popitem(last=False))
+        if not marked:
+            return 0
+        slices, frames_per_slice, n_slices, rebins = read_slices([key for key, _ in marked])
         sent = 0
-        while self._dirty and sent < max_messages:
-            (index, z), _ = self._dirty.popitem(last=False)
-            if z >= n_slices:
+        for ((index, z), marked_in), content in zip(marked, slices, strict=True):
+            if content is None or marked_in != rebins:
                 self._coalesced += 1
                 continue
             self.cube_update(
                 index,
                 z,
-                read_slice(index, z),
+                content,
                 frames_per_slice=frames_per_slice,
                 n_slices=n_slices,
                 rebins=rebins,

@@ -760,6 +760,39 @@ impl PyAcquisition {
         out.into_pyarray(py).reshape(shape)
     }
 
+    /// Single slices `(species_index, z)` read under one lock, with the binning they are
+    /// of: `([uint32 [y, x] or None], frames_per_slice, n_slices, rebins)`. A slice a
+    /// rebin has merged away since it was asked for (`z >= n_slices`) is None.
+    #[allow(clippy::type_complexity)]
+    fn cube_slices<'py>(
+        &self,
+        py: Python<'py>,
+        keys: Vec<(usize, usize)>,
+    ) -> PyResult<(Vec<Option<Bound<'py, PyArray2<u32>>>>, u64, usize, u64)> {
+        let (reads, fps, n, rebins) = self.engine(py, move |e| {
+            let c = e.cubes();
+            let reads = keys
+                .iter()
+                .map(|&(s, z)| cube_reads::slice(c, s, z))
+                .collect::<Result<Vec<_>, _>>();
+            (
+                reads,
+                e.frames_per_slice(),
+                c.n_slices(),
+                e.counters().rebins,
+            )
+        })?;
+        let slices = reads
+            .map_err(to_py)?
+            .into_iter()
+            .map(|read| {
+                read.map(|(flat, shape)| flat.into_pyarray(py).reshape(shape))
+                    .transpose()
+            })
+            .collect::<PyResult<Vec<_>>>()?;
+        Ok((slices, fps, n, rebins))
+    }
+
     /// Every species' whole cube read under one lock, so all have the same slices and
     /// binning, with the counters they go with: `({species: uint32 [z, y, x]},
     /// frames_per_slice, n_slices, rebins, counters)`.
@@ -792,6 +825,27 @@ impl PyAcquisition {
     ) -> PyResult<Bound<'py, PyArray2<u64>>> {
         let (flat, shape) = self.engine(py, |e| cube_reads::depth_profile(e.cubes(), z_start))?;
         flat.into_pyarray(py).reshape(shape)
+    }
+
+    /// The depth profile from slice `z_start` on with the binning it is of, read under
+    /// one lock: `(uint64 [z, species], frames_per_slice, n_slices, rebins)`.
+    #[pyo3(signature = (z_start = 0))]
+    fn profile_rows<'py>(
+        &self,
+        py: Python<'py>,
+        z_start: usize,
+    ) -> PyResult<(Bound<'py, PyArray2<u64>>, u64, usize, u64)> {
+        let ((flat, shape), fps, n, rebins) = self.engine(py, |e| {
+            let c = e.cubes();
+            let rows = cube_reads::depth_profile(c, z_start);
+            (
+                rows,
+                e.frames_per_slice(),
+                c.n_slices(),
+                e.counters().rebins,
+            )
+        })?;
+        Ok((flat.into_pyarray(py).reshape(shape)?, fps, n, rebins))
     }
 
     /// Sum of one species over slices `z_start..z_stop`, `uint64 [y, x]`.

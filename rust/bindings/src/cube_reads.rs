@@ -21,6 +21,25 @@ pub(crate) fn cube(
     Ok((out, [nz, ny, nx]))
 }
 
+/// A `[y, x]` plane as a flat buffer and its shape.
+pub(crate) type Plane<T> = (Vec<T>, [usize; 2]);
+
+/// Slice `z` of one species, `u32 [y, x]`; None if there is no such slice (yet, or
+/// any more after a rebin). An unknown species is an error.
+pub(crate) fn slice(
+    c: &CubeSet,
+    species: usize,
+    z: usize,
+) -> Result<Option<Plane<u32>>, CoreError> {
+    if species < c.n_species() && z >= c.n_slices() {
+        return Ok(None);
+    }
+    let (ny, nx) = c.shape_yx();
+    let mut out = vec![0u32; ny * nx];
+    c.copy_range(species, z, z + 1, &mut out)?;
+    Ok(Some((out, [ny, nx])))
+}
+
 /// One species summed over slices `z0..z1` (default: all), `u64 [y, x]`.
 pub(crate) fn ion_map(
     c: &CubeSet,
