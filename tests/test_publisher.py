@@ -608,8 +608,8 @@ def test_a_timeout_raises_and_the_next_call_works(ctx: Ctx) -> None:
 
 def test_a_live_profile_puts_the_rows_from_z0_over_its_own() -> None:
     """Whole messages replace, partial ones replace the rows from ``z0`` on; across a
-    gap, a rebin or a new run it has no profile until the next whole one, and messages
-    a snapshot already holds are left out."""
+    gap, a rebin, a new run or a daemon restart it has no profile until the next whole
+    one, and messages a snapshot already holds are left out."""
     from opsims.client import LiveProfile, Snapshot
     from opsims.wire import Message
 
@@ -643,3 +643,7 @@ def test_a_live_profile_puts_the_rows_from_z0_over_its_own() -> None:
     assert live.apply(msg(10, 4, 6, rebins=1, epoch=1)), "queued before the snapshot: left out"
     assert live.apply(msg(12, 5, 6, rebins=1, epoch=1)) and live.seq == 12
     assert live.profile is not None and live.profile.shape == (6, 2)
+    # The daemon restarted: its numbers start again, and a partial message is not taken
+    # as following this profile; the new daemon's first whole one is.
+    assert not live.apply(msg(1, 5, 6)), "a restarted daemon's rows need a whole profile"
+    assert live.apply(msg(2, 0, 6)) and live.seq == 2

@@ -359,6 +359,7 @@ class LiveProfile:
         self.syncs = 0
         self._binning: tuple[int, int] = (-1, -1)
         self._next_sync = -math.inf
+        self._fresh = False
 
     def apply(self, msg: Message) -> bool:
         """Take in one ``profile`` message; True when :attr:`profile` is now current."""
@@ -373,14 +374,17 @@ class LiveProfile:
         self._take(Message("profile", snapshot.seq, 0, "snapshot", snapshot.fields,
                            snapshot.arrays))  # fmt: skip
         self.syncs += 1
+        self._fresh = True
 
     def _take(self, msg: Message) -> None:
         f = msg.fields
         z0 = int(f.get("z0", 0))
-        if z0 and msg.seq <= self.seq:  # already in the snapshot taken since
+        if msg.seq <= self.seq and self._fresh:  # queued before the snapshot, in it
             return
+        self._fresh = False
         rows = np.asarray(msg.arrays["profile"], dtype=np.uint64)
         binning = (int(f.get("rebins", 0)), int(f.get("epoch", 0)))
+        # Numbers going back mean the daemon restarted: only a whole profile follows.
         follows = msg.seq == self.seq + 1 and binning == self._binning
         self.seq = msg.seq
         if z0 == 0:
