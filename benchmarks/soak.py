@@ -1125,21 +1125,16 @@ def rss_windows(
     # The median of a window: a sample that catches cube slices on their way to the
     # subscribers, or a journal burst after a reconnect (up to ~9 MiB, gone in a second),
     # is not growth; growth moves every sample of the window.
-    def median(xs: list[dict[str, Any]], net: bool) -> float:
-        return float(
-            np.median([x["daemon"]["rss_bytes"] - (x["cube_bytes"] if net else 0) for x in xs])
-        )
-
-    def mean(xs: list[dict[str, Any]]) -> float:
-        return float(np.mean([x["daemon"]["rss_bytes"] - x["cube_bytes"] for x in xs]))
+    def rss(xs: list[dict[str, Any]], net: bool, stat: Any = np.median) -> float:
+        return float(stat([x["daemon"]["rss_bytes"] - (x["cube_bytes"] if net else 0) for x in xs]))
 
     return {
-        "first_net": median(first, True),
-        "last_net": median(last, True),
-        "first_net_mean": mean(first),
-        "last_net_mean": mean(last),
-        "first": median(first, False),
-        "last": median(last, False),
+        "first_net": rss(first, True),
+        "last_net": rss(last, True),
+        "first_net_mean": rss(first, True, np.mean),
+        "last_net_mean": rss(last, True, np.mean),
+        "first": rss(first, False),
+        "last": rss(last, False),
         "cube_first": float(np.mean([x["cube_bytes"] for x in first])),
         "cube_last": float(np.mean([x["cube_bytes"] for x in last])),
     }

@@ -425,13 +425,12 @@ class Daemon:
         message's size follows what changed, not how deep the run is, and so does the
         memory of the queue behind a slow subscriber. A subscriber that joins or loses
         its place takes a snapshot (docs/publishing.md)."""
-        epoch = self.pub.cube_epoch
-        known = self._profile_binning is not None and self._profile_binning[1] == epoch
-        fields, arrays = self._profile(first if known else 0)
-        if (fields["rebins"], epoch) != self._profile_binning:
+        fields, arrays = self._profile(first)
+        binning = (fields["rebins"], fields["epoch"])
+        if binning != self._profile_binning:
             if fields["z0"]:
                 fields, arrays = self._profile(0)
-            self._profile_binning = (fields["rebins"], epoch)
+            self._profile_binning = (fields["rebins"], fields["epoch"])
         return fields, arrays
 
     # --- control ----------------------------------------------------------------------

@@ -73,8 +73,8 @@ class Publisher:
         self._seq: dict[str, int] = {}
         self._sent: Counter[str] = Counter()
         self._refused: Counter[str] = Counter()
-        # (species index, z) in the order they first became dirty: oldest goes first.
-        # (species index, z) -> the rebin count of the binning the slice was marked in
+        # (species index, z) -> the rebins of the binning it was marked in, in the order
+        # they first became dirty: oldest goes first.
         self._dirty: OrderedDict[tuple[int, int], int] = OrderedDict()
         self.cube_epoch = 0
         self._coalesced = 0

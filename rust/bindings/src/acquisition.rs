@@ -769,18 +769,13 @@ impl PyAcquisition {
         py: Python<'py>,
         keys: Vec<(usize, usize)>,
     ) -> PyResult<(Vec<Option<Bound<'py, PyArray2<u32>>>>, u64, usize, u64)> {
-        let (reads, fps, n, rebins) = self.engine(py, move |e| {
+        let (reads, (fps, n, rebins)) = self.engine(py, move |e| {
             let c = e.cubes();
             let reads = keys
                 .iter()
                 .map(|&(s, z)| cube_reads::slice(c, s, z))
                 .collect::<Result<Vec<_>, _>>();
-            (
-                reads,
-                e.frames_per_slice(),
-                c.n_slices(),
-                e.counters().rebins,
-            )
+            (reads, cube_reads::binning(e))
         })?;
         let slices = reads
             .map_err(to_py)?
@@ -835,14 +830,10 @@ impl PyAcquisition {
         py: Python<'py>,
         z_start: usize,
     ) -> PyResult<(Bound<'py, PyArray2<u64>>, u64, usize, u64)> {
-        let ((flat, shape), fps, n, rebins) = self.engine(py, |e| {
-            let c = e.cubes();
-            let rows = cube_reads::depth_profile(c, z_start);
+        let ((flat, shape), (fps, n, rebins)) = self.engine(py, |e| {
             (
-                rows,
-                e.frames_per_slice(),
-                c.n_slices(),
-                e.counters().rebins,
+                cube_reads::depth_profile(e.cubes(), z_start),
+                cube_reads::binning(e),
             )
         })?;
         Ok((flat.into_pyarray(py).reshape(shape)?, fps, n, rebins))

@@ -2,6 +2,7 @@
 //! binding that exposes cubes (each runs them with the GIL released).
 
 use opsims_core::cube::CubeSet;
+use opsims_core::engine::Engine;
 use opsims_core::CoreError;
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
@@ -19,6 +20,16 @@ pub(crate) fn cube(
     let mut out = vec![0u32; nz * ny * nx];
     c.copy_range(species, z0, z1, &mut out)?;
     Ok((out, [nz, ny, nx]))
+}
+
+/// What a cube read was binned by: `(frames_per_slice, n_slices, rebins)`; read under
+/// the same lock as the data it describes.
+pub(crate) fn binning(e: &Engine) -> (u64, usize, u64) {
+    (
+        e.frames_per_slice(),
+        e.cubes().n_slices(),
+        e.counters().rebins,
+    )
 }
 
 /// A `[y, x]` plane as a flat buffer and its shape.
